@@ -1,0 +1,59 @@
+"""fisher_ref: numerical reference for the Fisher information metric of a classifier's input.
+
+For a classifier p(y|x), the input Fisher information matrix (FIM) is
+``G_x = sum_i p_i g_i g_i^T`` with ``g_i = grad_x(-log p_i)`` (Zhao et al., AAAI 2019, eq. 4); it is
+the Hessian of ``KL(p(x) || p(x + eta))`` at ``eta = 0`` (eq. 3). Its top eigenvector is the
+one-step spectral attack (OSSA, Algorithm 1); its top eigenvalues are features of an
+adversarial-example detector (Section 4).
+
+The core needs only NumPy and SciPy. Backends for PyTorch and ONNX Runtime live in
+:mod:`fisher_ref.backends` and import their framework lazily.
+"""
+
+from ._alias import AliasSampler
+from ._attacks import (
+    AttackResult,
+    DegenerateSpectrumWarning,
+    IterativeAttackResult,
+    OSSAResult,
+    bim,
+    fgm,
+    iterative_ossa,
+    least_perturbation,
+    ossa,
+    otcm,
+)
+from ._backend import CAPABILITIES, Backend, CallableBackend, MissingCapabilityError, as_backend
+from ._operators import FisherOperator, MatrixFreeFisherOperator, SampledFisherOperator, fisher_matrix
+from ._spectrum import NoConvergence, SpectrumInfo, choose_method, fisher_spectrum, top_eigenpairs
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AliasSampler",
+    "AttackResult",
+    "Backend",
+    "CAPABILITIES",
+    "CallableBackend",
+    "DegenerateSpectrumWarning",
+    "FisherOperator",
+    "IterativeAttackResult",
+    "MatrixFreeFisherOperator",
+    "MissingCapabilityError",
+    "NoConvergence",
+    "OSSAResult",
+    "SampledFisherOperator",
+    "SpectrumInfo",
+    "as_backend",
+    "bim",
+    "choose_method",
+    "fgm",
+    "fisher_matrix",
+    "fisher_spectrum",
+    "iterative_ossa",
+    "least_perturbation",
+    "ossa",
+    "otcm",
+    "top_eigenpairs",
+    "__version__",
+]

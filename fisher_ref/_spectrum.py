@@ -1,0 +1,485 @@
+"""Top eigenpairs of the input Fisher information: Lanczos, power iteration, Gram, dense.
+
+All methods return eigenvalues in descending order with unit eigenvectors as columns,
+``V[:, i]`` going with ``w[i]``, as :func:`scipy.sparse.linalg.eigsh` (reordered). Since G is
+positive semi-definite with rank(G) <= C - 1 for a softmax classifier, eigenvalues past the rank
+are returned as exact zeros with orthonormal null-space vectors, never as solver noise; tiny
+negative values from rounding are clipped to zero and significant negative ones raise.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import scipy.sparse.linalg as spla
+from scipy.sparse.linalg import LinearOperator
+
+from ._backend import as_backend
+from ._operators import (
+    FisherOperator,
+    MatrixFreeFisherOperator,
+    SampledFisherOperator,
+    _WeightedGradientOperator,
+    default_n_samples,
+)
+from ._validation import as_float_array, check_k, check_method, check_rng, shape_str
+
+__all__ = ["top_eigenpairs", "fisher_spectrum", "SpectrumInfo", "NoConvergence", "METHODS", "OPERATORS"]
+
+METHODS = ("auto", "gram", "dense", "lanczos", "power", "lobpcg")
+OPERATORS = ("auto", "exact", "sampled", "matrix-free")
+
+#: Eigenvalues below ``ZERO_RTOL_FACTOR * max(d, r) * eps * lambda_max`` are rounding: set to 0.
+ZERO_RTOL_FACTOR = 4.0
+#: Negative Ritz values below ``-NEG_RTOL * lambda_max`` mean the operator is not PSD: raise.
+NEG_RTOL = 1e-6
+#: Largest d for which "auto" forms a dense matrix when nothing better applies.
+DENSE_AUTO_MAX_D = 600
+
+
+class NoConvergence(RuntimeError):
+    """An iterative eigensolver did not reach ``tol`` within ``maxiter`` iterations.
+
+    Attributes
+    ----------
+    eigenvalues, eigenvectors : ndarray
+        The last iterates (partial results), in the layout of :func:`top_eigenpairs`.
+    n_iter : int
+    """
+
+    def __init__(self, msg: str, eigenvalues: np.ndarray, eigenvectors: np.ndarray, n_iter: int):
+        super().__init__(msg)
+        self.eigenvalues, self.eigenvectors, self.n_iter = eigenvalues, eigenvectors, n_iter
+
+
+@dataclass
+class SpectrumInfo:
+    """What a spectrum computation did (returned with ``return_info=True``).
+
+    Attributes
+    ----------
+    method : str
+        The eigensolver used ("gram", "dense", "lanczos", "power", "lobpcg").
+    operator : str
+        How G was applied: "exact" (all class gradients), "sampled" (alias Monte Carlo),
+        "matrix-free" (backend Fisher-vector products) or "given" (an operator passed in).
+    reason : str
+        Why ``method="auto"`` chose what it chose (empty otherwise).
+    n_iter : int or ndarray
+        Iterations of the iterative solver (per input for :func:`fisher_spectrum`); 0 for direct ones.
+    n_products : int or ndarray
+        Number of vectors G was applied to (per input); 0 for direct methods.
+    rank_bound : int or ndarray
+        Bound on rank(G) used to decide which eigenvalues are exactly zero.
+    """
+
+    method: str
+    operator: str = "given"
+    reason: str = ""
+    n_iter: Any = 0
+    n_products: Any = 0
+    rank_bound: Any = None
+    extra: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# top_eigenpairs
+
+
+def top_eigenpairs(A: Any, k: int = 1, *, method: str = "auto", tol: float | None = None,
+                   maxiter: int | None = None, rng: None | int | np.random.Generator = None,
+                   return_info: bool = False):
+    """Top-k eigenpairs of a symmetric positive semi-definite Fisher matrix or operator.
+
+    Parameters
+    ----------
+    A : FisherOperator, SampledFisherOperator, MatrixFreeFisherOperator, LinearOperator or ndarray
+        The (d, d) matrix. ``"gram"`` needs one of the first two (operators built from class
+        gradients); the others accept any symmetric PSD operator or array.
+    k : int
+        Number of eigenpairs, ``1 <= k <= d``.
+    method : {"auto", "gram", "dense", "lanczos", "power", "lobpcg"}
+        * ``"gram"``: exact. With ``F = diag(sqrt p) [g_1 .. g_C]^T`` (C x d), ``G = F^T F`` and the
+          nonzero eigenpairs come from the C x C matrix ``F F^T = U M U^T``: eigenvalues ``M``,
+          eigenvectors ``F^T u / sqrt(mu)``. Cost O(C^2 d).
+        * ``"dense"``: ``numpy.linalg.eigh`` of the d x d matrix (forms it).
+        * ``"lanczos"``: ARPACK's implicitly restarted Lanczos (:func:`scipy.sparse.linalg.eigsh`,
+          ``which="LA"``) on ``A @ v``.
+        * ``"power"``: power iteration (paper eq. 7), block (subspace) iteration with
+          Rayleigh-Ritz for k > 1, stopped when every residual
+          ``||A v_i - w_i v_i|| <= tol * w_1``.
+        * ``"lobpcg"``: :func:`scipy.sparse.linalg.lobpcg` on blocks of vectors.
+        * ``"auto"``: ``"gram"`` for operators built from class gradients, ``"dense"`` for arrays
+          with d <= 600, ``"lanczos"`` otherwise.
+    tol : float, optional
+        Solver tolerance: relative eigenvalue accuracy for Lanczos (default 0, machine precision);
+        relative residual for power iteration (default 1e-8) and LOBPCG (default 1e-9).
+    maxiter : int, optional
+        Iteration cap (Lanczos: ARPACK restarts, default ``max(1000, 10 d)``; power: 10000;
+        LOBPCG: 500).
+    rng : None, int or numpy.random.Generator
+        Start vectors of the iterative methods.
+    return_info : bool
+        Also return a :class:`SpectrumInfo`.
+
+    Returns
+    -------
+    w : ndarray of shape (k,)
+        Eigenvalues in descending order, float64; exactly 0 past rank(G).
+    V : ndarray of shape (d, k)
+        Orthonormal eigenvectors, ``V[:, i]`` for ``w[i]``. Each is fixed in sign so that its
+        entry of largest magnitude is positive (eigenvectors are defined up to sign; the attack
+        chooses its own sign, see :func:`ossa`).
+    info : SpectrumInfo
+        Only with ``return_info=True``.
+
+    Raises
+    ------
+    ValueError
+        If ``k`` is out of range, ``method`` unknown or inapplicable, A is not square or has a
+        significantly negative eigenvalue (not PSD).
+    scipy.sparse.linalg.ArpackNoConvergence
+        Lanczos did not converge (carries partial results).
+    NoConvergence
+        Power iteration or LOBPCG did not converge (carries partial results).
+
+    Notes
+    -----
+    Eigenvalues past ``rank_bound`` (C - 1 for a softmax classifier with all p_i > 0) are not
+    asked of ARPACK, whose answers there would be noise of size eps * ||G||; they are returned as
+    0 with orthonormal vectors spanning part of the null space (a fixed, seeded choice).
+    """
+    method = check_method(method, METHODS)
+    op, dense = _as_operator(A)
+    d = op.shape[0]
+    k = check_k(k, d)
+    rank_bound = int(getattr(op, "rank_bound", d))
+    reason = ""
+    if method == "auto":
+        if isinstance(op, _WeightedGradientOperator):
+            method, reason = "gram", "operator built from class gradients: exact Gram method"
+        elif d <= DENSE_AUTO_MAX_D:
+            method, reason = "dense", f"d = {d} <= {DENSE_AUTO_MAX_D}: dense eigh"
+        else:
+            method, reason = "lanczos", "matrix-free operator: ARPACK Lanczos"
+    if method == "gram" and not isinstance(op, _WeightedGradientOperator):
+        raise ValueError("method='gram' needs a FisherOperator or SampledFisherOperator (an operator built "
+                         f"from class gradients), got {type(A).__name__}")
+    info = SpectrumInfo(method=method, reason=reason, rank_bound=rank_bound)
+    k_eff = min(k, rank_bound)
+    if k_eff == 0:
+        w, V = np.zeros(0), np.zeros((d, 0))
+    elif method == "gram":
+        w, V = _gram(op.factor(), k_eff)
+    elif method == "dense" or (method in ("lanczos", "lobpcg") and _too_small_for_krylov(d, k_eff, method)):
+        if method != "dense":
+            info.extra["fallback"] = f"d = {d} too small for {method} with k = {k_eff}: used dense eigh"
+        w, V = _dense(dense if dense is not None else op @ np.eye(d), k_eff)
+    elif method == "lanczos":
+        w, V, info.n_iter, info.n_products = _lanczos(op, k_eff, tol, maxiter, rng)
+    elif method == "power":
+        w, V, info.n_iter, info.n_products = _power(op, k_eff, tol, maxiter, rng)
+    else:
+        w, V, info.n_iter, info.n_products = _lobpcg(op, k_eff, tol, maxiter, rng)
+    w, V = _finalize(w, V, k, d, max(rank_bound, 1))
+    return (w, V, info) if return_info else (w, V)
+
+
+def _as_operator(A: Any) -> tuple[LinearOperator, np.ndarray | None]:
+    if isinstance(A, LinearOperator):
+        if A.shape[0] != A.shape[1]:
+            raise ValueError(f"A must be square, got shape {shape_str(A.shape)}")
+        return A, None
+    if hasattr(A, "toarray") and not isinstance(A, np.ndarray):  # scipy.sparse
+        A = A.toarray()
+    a = as_float_array(A, "A")
+    if a.ndim != 2 or a.shape[0] != a.shape[1]:
+        raise ValueError(f"A must be a square (d, d) matrix or LinearOperator, got shape {shape_str(a.shape)}")
+    if not np.allclose(a, a.T, rtol=1e-10, atol=1e-12 * max(1.0, float(np.abs(a).max()))):
+        raise ValueError("A must be symmetric: the input Fisher matrix is")
+    return spla.aslinearoperator(a), a
+
+
+def _too_small_for_krylov(d: int, k: int, method: str) -> bool:
+    # eigsh needs k < d; LOBPCG is unreliable unless the block is well below d / 5
+    return k >= d - 1 if method == "lanczos" else 5 * (k + 2) > d
+
+
+def _gram(F: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k eigenpairs of F^T F from the r x r Gram matrix F F^T."""
+    M = F @ F.T
+    mu, U = np.linalg.eigh((M + M.T) / 2)
+    mu, U = mu[::-1][:k], U[:, ::-1][:, :k]
+    pos = mu > 0
+    V = np.zeros((F.shape[1], k))
+    V[:, pos] = (F.T @ U[:, pos]) / np.sqrt(mu[pos])
+    # re-normalise (the lift is exact in exact arithmetic; this removes rounding drift)
+    norms = np.linalg.norm(V[:, pos], axis=0)
+    V[:, pos] /= np.where(norms > 0, norms, 1.0)
+    return mu, V
+
+
+def _dense(a: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    a = np.asarray(a, dtype=np.float64)
+    w, V = np.linalg.eigh((a + a.T) / 2)
+    return w[::-1][:k], V[:, ::-1][:, :k]
+
+
+def _lanczos(op, k, tol, maxiter, rng):
+    d = op.shape[0]
+    rng = check_rng(rng)
+    counter = _CountingOperator(op)
+    w, V = spla.eigsh(counter, k=k, which="LA", tol=0.0 if tol is None else float(tol),
+                      maxiter=maxiter if maxiter is not None else max(1000, 10 * d),
+                      v0=rng.standard_normal(d))
+    order = np.argsort(w)[::-1]
+    return w[order], V[:, order], counter.n_calls, counter.n_products
+
+
+def _power(op, k, tol, maxiter, rng):
+    """Power iteration (eq. 7); block iteration with Rayleigh-Ritz for k > 1."""
+    d = op.shape[0]
+    tol = 1e-8 if tol is None else float(tol)
+    maxiter = 10000 if maxiter is None else int(maxiter)
+    rng = check_rng(rng)
+    Q, _ = np.linalg.qr(rng.standard_normal((d, k)))
+    n_products = 0
+    w = np.zeros(k)
+    for it in range(1, maxiter + 1):
+        Z = np.asarray(op @ Q)
+        n_products += k
+        # Rayleigh-Ritz on span(Q): for k = 1 this is eta <- G eta / ||G eta|| with w = eta^T G eta
+        H = Q.T @ Z
+        theta, S = np.linalg.eigh((H + H.T) / 2)
+        theta, S = theta[::-1], S[:, ::-1]
+        Q, Z = Q @ S, Z @ S
+        w = theta
+        resid = np.linalg.norm(Z - Q * theta, axis=0)
+        scale = max(float(theta[0]), 0.0)
+        if scale == 0.0 or np.all(resid <= tol * scale):
+            return w, Q, it, n_products
+        Q, _ = np.linalg.qr(Z)
+    raise NoConvergence(f"power iteration did not reach tol = {tol:g} in maxiter = {maxiter} iterations "
+                        f"(largest relative residual {float(np.max(resid) / scale):.3g})", w, Q, maxiter)
+
+
+def _lobpcg(op, k, tol, maxiter, rng):
+    d = op.shape[0]
+    rng = check_rng(rng)
+    tol = 1e-9 if tol is None else float(tol)
+    maxiter = 500 if maxiter is None else int(maxiter)
+    counter = _CountingOperator(op)
+    X = rng.standard_normal((d, k))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # lobpcg warns instead of raising; we check below
+        w, V, resid_hist = spla.lobpcg(counter, X, largest=True, tol=tol, maxiter=maxiter,
+                                       retResidualNormsHistory=True)
+    order = np.argsort(w)[::-1]
+    w, V = w[order], V[:, order]
+    resid = np.linalg.norm(np.asarray(op @ V) - V * w, axis=0)
+    scale = max(float(w[0]), np.finfo(float).tiny)
+    if np.any(resid > max(tol, 1e-12) * scale * 10):
+        raise NoConvergence(f"LOBPCG did not reach tol = {tol:g} in maxiter = {maxiter} iterations "
+                            f"(largest relative residual {float(resid.max() / scale):.3g})",
+                            w, V, len(resid_hist))
+    return w, V, len(resid_hist), counter.n_products
+
+
+class _CountingOperator(LinearOperator):
+    def __init__(self, op):
+        self.op, self.n_calls, self.n_products = op, 0, 0
+        super().__init__(dtype=np.dtype(np.float64), shape=op.shape)
+
+    def _matmat(self, V):
+        self.n_calls += 1
+        self.n_products += V.shape[1]
+        return np.asarray(self.op @ V)
+
+    def _matvec(self, v):
+        return self._matmat(np.asarray(v).reshape(-1, 1)).reshape(-1)
+
+    def _adjoint(self):
+        return self
+
+
+def _finalize(w: np.ndarray, V: np.ndarray, k: int, d: int, r: int) -> tuple[np.ndarray, np.ndarray]:
+    """Clip rounding, pad with exact zeros past the rank, fix signs."""
+    w = np.asarray(w, dtype=np.float64).copy()
+    V = np.asarray(V, dtype=np.float64)
+    top = float(w.max()) if w.size else 0.0
+    if w.size and top < 0 and abs(top) > 0:
+        raise ValueError(f"the operator has only negative eigenvalues (largest {top:.3g}): it is not a Fisher "
+                         "matrix (positive semi-definite)")
+    scale = max(top, 0.0)
+    if np.any(w < -NEG_RTOL * scale - np.finfo(float).tiny):
+        raise ValueError(f"the operator has a significantly negative eigenvalue {float(w.min()):.3g} "
+                         f"(largest {top:.3g}): it is not positive semi-definite")
+    w[np.abs(w) <= ZERO_RTOL_FACTOR * max(d, r) * np.finfo(np.float64).eps * scale] = 0.0
+    w = np.maximum(w, 0.0)
+    if w.size < k:
+        V = np.concatenate([V, _null_completion(V, d, k - w.size)], axis=1)
+        w = np.concatenate([w, np.zeros(k - w.size)])
+    zero = w == 0
+    if np.any(zero):
+        # vectors of a zero eigenvalue: any orthonormal basis of part of the null space; keep
+        # computed ones only if orthonormal to the rest
+        V = V.copy()
+        keep = ~zero
+        V[:, zero] = _null_completion(V[:, keep], d, int(zero.sum()))
+    order = np.argsort(-w, kind="stable")
+    w, V = w[order], V[:, order]
+    return w, _fix_signs(V)
+
+
+def _null_completion(V: np.ndarray, d: int, m: int) -> np.ndarray:
+    """m orthonormal vectors orthogonal to the columns of V (a fixed, seeded choice)."""
+    if m == 0:
+        return np.zeros((d, 0))
+    R = np.random.default_rng(0).standard_normal((d, m))
+    for _ in range(2):  # twice is enough (Kahan)
+        if V.shape[1]:
+            R -= V @ (V.T @ R)
+        R, _ = np.linalg.qr(R)
+    return R
+
+
+def _fix_signs(V: np.ndarray) -> np.ndarray:
+    if V.size == 0:
+        return V
+    idx = np.argmax(np.abs(V), axis=0)
+    s = np.sign(V[idx, np.arange(V.shape[1])])
+    s[s == 0] = 1.0
+    return V * s
+
+
+# ---------------------------------------------------------------------------------------------
+# fisher_spectrum
+
+#: Cost model constants (in units of one reverse pass): a Fisher-vector product is one JVP and
+#: one VJP; ARPACK needs about ncv = 2k + 1 products per restart and a few restarts.
+_FVP_COST = 3.0
+#: Memory cap for the (n, C, d) float64 class-gradient block of the Gram method.
+GRAM_MEMORY_BYTES = 512 * 2**20
+
+
+def choose_method(n_classes: int, d: int, k: int, *, has_fvp: bool) -> tuple[str, str, str]:
+    """The cost model behind ``method="auto"``: returns ``(operator, method, reason)``.
+
+    The exact Gram method needs all C class gradients, C reverse passes batched into one
+    Jacobian; a Krylov method on the matrix-free product needs about ``4 k + 20`` Fisher-vector
+    products (one JVP and one VJP each, about 3 reverse passes) whatever C is. The cheaper wins.
+    """
+    k_eff = max(1, min(k, n_classes - 1))
+    gram_cost = float(n_classes)
+    krylov_cost = _FVP_COST * (4 * k_eff + 20)
+    if not has_fvp or gram_cost <= krylov_cost:
+        why = ("backend has no Fisher-vector product" if not has_fvp
+               else f"C = {n_classes} class gradients cost less than ~{krylov_cost:.0f} pass-equivalents of Lanczos")
+        return "exact", "gram", f"exact Gram method: {why}"
+    return ("matrix-free", "lanczos",
+            f"matrix-free Lanczos: ~{krylov_cost:.0f} pass-equivalents of Fisher-vector products "
+            f"cost less than C = {n_classes} class gradients")
+
+
+def fisher_spectrum(backend: Any, x: Any, k: int = 20, *, method: str = "auto", operator: str = "auto",
+                    n_samples: int | None = None, tol: float | None = None, maxiter: int | None = None,
+                    rng: None | int | np.random.Generator = None, return_info: bool = False):
+    """Top-k eigenpairs of the input Fisher information at each input of a batch.
+
+    Parameters
+    ----------
+    backend : Backend or callable
+        A backend, or ``fn(x) -> (probs (C,), grads (C, *input_shape))`` (see :func:`as_backend`).
+    x : array-like of shape input_shape or (n, *input_shape)
+    k : int
+        Number of eigenpairs (default 20, as the paper's detector). For a C-class softmax model
+        at most C - 1 are nonzero; the rest are returned as exact zeros.
+    method : {"auto", "gram", "dense", "lanczos", "power", "lobpcg"}
+        Eigensolver (see :func:`top_eigenpairs`). ``"auto"`` chooses by a cost model in C, d, k
+        and the backend's capabilities (:func:`choose_method`), and says why in ``info.reason``.
+    operator : {"auto", "exact", "sampled", "matrix-free"}
+        How G is applied: from all C class gradients (``"exact"``), from ``n_samples`` classes
+        drawn with the alias method (``"sampled"``, the paper's Monte-Carlo approximation), or
+        from the backend's Fisher-vector products (``"matrix-free"``).
+    n_samples : int, optional
+        Draws for ``operator="sampled"``; default about C / 5 as the paper.
+    tol, maxiter : optional
+        Passed to the eigensolver.
+    rng : None, int or numpy.random.Generator
+        Randomness of the draws and of the iterative solvers' start vectors.
+    return_info : bool
+        Also return a :class:`SpectrumInfo` (with per-input iteration counts).
+
+    Returns
+    -------
+    w : ndarray of shape (n, k) (or (k,) for one input)
+        Eigenvalues per input, descending.
+    V : ndarray of shape (n, k, *input_shape) (or (k, *input_shape) for one input)
+        ``V[j, i]`` is the unit eigenvector of ``w[j, i]``, shaped like the input (note: the
+        eigenvector index comes before the input axes here, unlike ``top_eigenpairs``'s columns).
+    info : SpectrumInfo
+        Only with ``return_info=True``.
+    """
+    b = as_backend(backend)
+    xb, single = b.as_batch(x)
+    method = check_method(method, METHODS)
+    operator = check_method(operator, OPERATORS, "operator")
+    rng = check_rng(rng)
+    n, d = xb.shape[0], math.prod(b.input_shape)
+    k = check_k(k, d)
+    if b.n_classes is None:
+        b.probabilities(xb[:1])
+    C = b.n_classes
+    reason = ""
+    if operator == "auto" or method == "auto":
+        has_fvp = b.supports("fisher_vector_product")
+        op_auto, meth_auto, reason = choose_method(C, d, k, has_fvp=has_fvp)
+        if operator == "auto" and method in ("auto", "gram"):
+            operator = op_auto if method == "auto" else "exact"
+        elif operator == "auto":
+            operator = "exact" if method == "dense" or not has_fvp else op_auto
+        if method == "auto":
+            method = meth_auto if operator == op_auto else ("gram" if operator in ("exact", "sampled") else "lanczos")
+            if operator != op_auto:
+                reason = f"{method} for operator={operator!r}"
+    if operator == "matrix-free" and method == "gram":
+        raise ValueError("method='gram' needs class gradients: use operator='exact' or 'sampled', not 'matrix-free'")
+
+    W = np.zeros((n, k))
+    Vs = np.zeros((n, k, d))
+    n_iter = np.zeros(n, dtype=np.int64)
+    n_prod = np.zeros(n, dtype=np.int64)
+    ranks = np.zeros(n, dtype=np.int64)
+    if operator == "exact" and method == "gram":
+        # batched: one class-gradient call per chunk, batched Gram eigendecompositions
+        chunk = max(1, int(GRAM_MEMORY_BYTES // (8 * C * d)))
+        for s in range(0, n, chunk):
+            p, g = b.class_gradients(xb[s:s + chunk])
+            for j in range(p.shape[0]):
+                op = FisherOperator(p[j], g[j])
+                w, V = top_eigenpairs(op, k, method="gram")
+                W[s + j], Vs[s + j], ranks[s + j] = w, V.T, op.rank_bound
+    else:
+        for j in range(n):
+            if operator == "exact":
+                op = FisherOperator.from_backend(b, xb[j])
+            elif operator == "sampled":
+                op = SampledFisherOperator.from_backend(b, xb[j], n_samples, rng=rng)
+            else:
+                op = MatrixFreeFisherOperator(b, xb[j])
+            w, V, inf = top_eigenpairs(op, k, method=method, tol=tol, maxiter=maxiter, rng=rng, return_info=True)
+            W[j], Vs[j] = w, V.T
+            n_iter[j], n_prod[j], ranks[j] = inf.n_iter, inf.n_products, inf.rank_bound
+    Vs = Vs.reshape((n, k) + b.input_shape)
+    info = SpectrumInfo(method=method, operator=operator, reason=reason, n_iter=n_iter, n_products=n_prod,
+                        rank_bound=ranks, extra={"n_samples": (n_samples or default_n_samples(C))
+                                                  if operator == "sampled" else None})
+    if single:
+        W, Vs = W[0], Vs[0]
+    return (W, Vs, info) if return_info else (W, Vs)
