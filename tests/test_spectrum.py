@@ -1,0 +1,191 @@
+"""Top eigenpairs: every method against numpy.linalg.eigh of the dense FIM (eq. 4), float64."""
+
+import numpy as np
+import pytest
+import scipy.sparse.linalg as spla
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+import fisher_ref as fr
+from fisher_ref import FisherOperator, NoConvergence, fisher_matrix, fisher_spectrum, top_eigenpairs
+from fisher_ref.backends import MLPModel
+
+from _strategies import fisher_problems, numpy_models
+
+EPS = np.finfo(np.float64).eps
+METHODS = ["gram", "dense", "lanczos", "power", "lobpcg"]
+
+
+def eigh_top(G, k):
+    w, V = np.linalg.eigh(G)
+    return w[::-1][:k], V[:, ::-1][:, :k]
+
+
+def tol_for(method, w0, d):
+    # direct methods: backward stable, error ~ d eps ||G||; iterative: the tolerance asked
+    return {"gram": 1e3, "dense": 1e3, "lanczos": 1e3, "power": 1e5, "lobpcg": 1e5}[method] * d * EPS * max(w0, 1e-300)
+
+
+@given(fisher_problems(), st.integers(1, 12), st.sampled_from(METHODS))
+def test_eigenvalues_match_dense(problem, k, method):
+    p, g = problem
+    d = g.shape[1]
+    k = min(k, d)
+    A = FisherOperator(p, g)
+    w_ref, V_ref = eigh_top(fisher_matrix(p, g), k)
+    w, V = top_eigenpairs(A, k, method=method, tol=1e-14 if method in ("power", "lobpcg") else None, rng=0,
+                          maxiter=100000 if method == "power" else None)
+    assert w.shape == (k,) and V.shape == (d, k)
+    assert np.all(np.diff(w) <= 0) and np.all(w >= 0)
+    np.testing.assert_allclose(w, np.maximum(w_ref, 0), rtol=0, atol=tol_for(method, w_ref[0], d))
+    # orthonormal columns
+    np.testing.assert_allclose(V.T @ V, np.eye(k), atol=1e-7)
+    # eigenvectors up to sign, where the eigenvalue is simple (gap relative to ||G||)
+    gaps = np.abs(np.subtract.outer(w_ref, np.linalg.eigvalsh(fisher_matrix(p, g))))
+    for i in range(k):
+        gap = np.sort(gaps[i])[1]
+        if w_ref[i] > 1e-8 * w_ref[0] and gap > 1e-3 * w_ref[0]:
+            assert abs(abs(V[:, i] @ V_ref[:, i]) - 1) < 1e-6, (i, method)
+
+
+@given(fisher_problems(softmax=True), st.sampled_from(METHODS))
+def test_past_the_rank_eigenvalues_are_exact_zeros(problem, method):
+    p, g = problem
+    C, d = g.shape
+    assume(d > C + 2)
+    k = min(C + 2, d)
+    w, V = top_eigenpairs(FisherOperator(p, g), k, method=method, rng=1, tol=1e-13 if method in ("power", "lobpcg") else None,
+                          maxiter=100000 if method == "power" else None)
+    assert np.all(w[C - 1:] == 0.0)  # exact zeros, never solver noise
+    np.testing.assert_allclose(V.T @ V, np.eye(k), atol=1e-8)
+
+
+def test_sign_convention_is_deterministic():
+    p, g = np.array([0.6, 0.3, 0.1]), np.random.default_rng(0).standard_normal((3, 8))
+    for method in METHODS:
+        _, V = top_eigenpairs(FisherOperator(p, g), 2, method=method, rng=0, tol=1e-13 if method in ("power", "lobpcg") else None)
+        idx = np.argmax(np.abs(V), axis=0)
+        assert np.all(V[idx, [0, 1]] > 0)
+
+
+def test_dense_array_and_generic_operator_inputs():
+    r = np.random.default_rng(0)
+    B = r.standard_normal((5, 30))
+    G = B.T @ B
+    w_ref, _ = eigh_top(G, 3)
+    for A in (G, spla.aslinearoperator(G)):
+        for method in ("auto", "dense", "lanczos", "power"):
+            w, _ = top_eigenpairs(A, 3, method=method, rng=0, tol=1e-13 if method == "power" else None)
+            np.testing.assert_allclose(w, w_ref, rtol=1e-9)
+
+
+def test_power_reports_iterations_and_raises_on_no_convergence():
+    p = np.array([0.5, 0.3, 0.2])
+    g = np.random.default_rng(2).standard_normal((3, 20))
+    w, V, info = top_eigenpairs(FisherOperator(p, g), 1, method="power", return_info=True, rng=0)
+    assert info.method == "power" and info.n_iter >= 1 and info.n_products == info.n_iter
+    with pytest.raises(NoConvergence, match="power iteration did not reach tol") as exc:
+        top_eigenpairs(FisherOperator(p, g), 2, method="power", maxiter=2, tol=1e-15, rng=0)
+    assert exc.value.eigenvalues.shape == (2,) and exc.value.n_iter == 2
+
+
+def test_lanczos_propagates_arpack_no_convergence():
+    r = np.random.default_rng(0)
+    p = r.dirichlet(np.ones(300))
+    g = r.standard_normal((300, 400))
+    with pytest.raises(spla.ArpackNoConvergence):
+        top_eigenpairs(FisherOperator(p, g), 20, method="lanczos", maxiter=1, rng=0)
+
+
+def test_zero_matrix_gives_zeros_and_orthonormal_vectors():
+    p = np.array([1.0, 0.0, 0.0])
+    g = np.zeros((3, 6))
+    for method in METHODS:
+        w, V = top_eigenpairs(FisherOperator(p, g), 3, method=method, rng=0)
+        assert np.all(w == 0)
+        np.testing.assert_allclose(V.T @ V, np.eye(3), atol=1e-12)
+
+
+def test_errors():
+    A = FisherOperator([0.5, 0.5], np.ones((2, 4)))
+    with pytest.raises(ValueError, match=r"k must satisfy 1 <= k <= 4 \(the dimension\), got 5"):
+        top_eigenpairs(A, 5)
+    with pytest.raises(ValueError, match=r"k must satisfy 1 <= k <= 4 \(the dimension\), got 0"):
+        top_eigenpairs(A, 0)
+    with pytest.raises(TypeError, match="k must be an int"):
+        top_eigenpairs(A, 1.5)
+    with pytest.raises(ValueError, match="method must be one of 'auto', 'gram'"):
+        top_eigenpairs(A, 1, method="arnoldi")
+    with pytest.raises(ValueError, match="method='gram' needs a FisherOperator"):
+        top_eigenpairs(np.eye(3), 1, method="gram")
+    with pytest.raises(ValueError, match=r"A must be a square \(d, d\) matrix or LinearOperator, got shape \(3, 4\)"):
+        top_eigenpairs(np.ones((3, 4)), 1)
+    with pytest.raises(ValueError, match="A must be symmetric"):
+        top_eigenpairs(np.triu(np.ones((3, 3))), 1)
+    with pytest.raises(ValueError, match="significantly negative eigenvalue"):
+        top_eigenpairs(np.diag([3.0, 1.0, -1.0]), 3, method="dense")
+    with pytest.raises(ValueError, match="only negative eigenvalues"):
+        top_eigenpairs(-np.eye(3), 1, method="dense")
+    with pytest.raises(ValueError, match="A contains 2 NaN"):
+        top_eigenpairs(np.array([[1.0, np.nan], [np.nan, 1.0]]), 1)
+
+
+@given(numpy_models(), st.sampled_from(["gram", "dense", "lanczos", "power", "lobpcg"]),
+       st.sampled_from(["auto", "exact", "matrix-free", "sampled"]))
+def test_fisher_spectrum_per_input(model_x, method, operator):
+    model, x = model_x
+    assume(not (method == "gram" and operator == "matrix-free"))
+    xb = np.stack([x, np.clip(x[::-1] if x.ndim == 1 else x + 0.1, 0, 1)])
+    k = min(4, x.size)
+    kw = dict(tol=1e-13, maxiter=100000) if method in ("power", "lobpcg") else {}
+    w, V, info = fisher_spectrum(model, xb, k=k, method=method, operator=operator, rng=0, return_info=True, **kw)
+    assert w.shape == (2, k) and V.shape == (2, k) + x.shape
+    if operator == "sampled":
+        return
+    for j in range(2):
+        p, g = model.class_gradients(xb[j])
+        w_ref, V_ref = eigh_top(fisher_matrix(p[0], g[0]), k)
+        np.testing.assert_allclose(w[j], np.maximum(w_ref, 0), rtol=0, atol=1e-6 * w_ref[0] + 1e-300)
+        if w_ref[0] - w_ref[1] > 1e-3 * w_ref[0]:
+            assert abs(abs(V[j, 0].ravel() @ V_ref[:, 0]) - 1) < 1e-6
+    # one input in, one result out
+    w1, V1 = fisher_spectrum(model, xb[0], k=k, method=method, operator=operator, rng=0, **kw)
+    assert w1.shape == (k,) and V1.shape == (k,) + x.shape
+
+
+def test_auto_chooses_by_cost_and_says_why():
+    small = MLPModel.random((20,), 10, (8,), rng=0)
+    _, _, info = fisher_spectrum(small, np.full(20, 0.5), k=5, return_info=True)
+    assert (info.operator, info.method) == ("exact", "gram") and "Gram" in info.reason
+    big = MLPModel.random((20,), 400, (8,), rng=0)
+    _, _, info = fisher_spectrum(big, np.full(20, 0.5), k=5, return_info=True)
+    assert (info.operator, info.method) == ("matrix-free", "lanczos") and "Lanczos" in info.reason
+    callable_backend = fr.as_backend(lambda x: tuple(a[0] for a in small.class_gradients(x)), input_shape=(20,))
+    _, _, info = fisher_spectrum(callable_backend, np.full(20, 0.5), k=3, return_info=True)
+    assert info.operator == "exact" and "no Fisher-vector product" in info.reason
+
+
+def test_alias_spectrum_is_biased_upwards_at_paper_draws():
+    """At C/5 draws the alias estimate of lambda_1 is biased: measure, do not hide it."""
+    model = MLPModel.random((30,), 50, (10,), scale=3.0, rng=4)
+    x = np.random.default_rng(0).uniform(size=30)
+    w_exact, _ = fisher_spectrum(model, x, k=1, method="gram")
+    est = [fisher_spectrum(model, x, k=1, operator="sampled", method="gram", rng=s)[0][0] for s in range(200)]
+    assert np.isfinite(np.mean(est))
+    # many draws converge to the exact value
+    w_many, _ = fisher_spectrum(model, x, k=1, operator="sampled", n_samples=20000, method="gram", rng=0)
+    np.testing.assert_allclose(w_many, w_exact, rtol=0.05)
+
+
+def test_fisher_spectrum_errors():
+    model = MLPModel.random((4,), 3, (5,), rng=0)
+    with pytest.raises(ValueError, match="operator must be one of"):
+        fisher_spectrum(model, np.zeros(4), k=2, operator="fast")
+    with pytest.raises(ValueError, match="method='gram' needs class gradients"):
+        fisher_spectrum(model, np.zeros(4), k=2, method="gram", operator="matrix-free")
+    with pytest.raises(ValueError, match=r"x has shape \(3,\), expected \(4,\) or a batch \(n, 4\)"):
+        fisher_spectrum(model, np.zeros(3), k=2)
+    with pytest.raises(ValueError, match="x contains 1 NaN"):
+        fisher_spectrum(model, np.array([0, np.nan, 0, 0]), k=2)
+    with pytest.raises(ValueError, match=r"k must satisfy 1 <= k <= 4 \(the dimension\), got 20"):
+        fisher_spectrum(model, np.zeros(4))
