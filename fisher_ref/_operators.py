@@ -27,7 +27,7 @@ import numpy as np
 from scipy.sparse.linalg import LinearOperator
 
 from ._alias import AliasSampler
-from ._backend import Backend, as_backend
+from ._backend import as_backend
 from ._validation import (
     as_float_array,
     check_class_gradients,
@@ -160,11 +160,7 @@ class FisherOperator(_WeightedGradientOperator):
     def __init__(self, probs: Any, grads: Any):
         p, g, shape = _check_pair(probs, grads)
         super().__init__(p, g, shape)
-        nz = int(np.count_nonzero(p))
-        resid = np.linalg.norm(p @ g)
-        scale = float(p @ np.linalg.norm(g, axis=1))
-        softmax = scale == 0 or resid <= SOFTMAX_SUM_RTOL * scale
-        self.rank_bound = max(0, min(nz - (1 if softmax else 0), g.shape[1]))
+        self.rank_bound = _rank_bound(p, g)
 
     @property
     def probs(self) -> np.ndarray:
@@ -328,6 +324,15 @@ class MatrixFreeFisherOperator(LinearOperator):
 
     def __repr__(self) -> str:
         return f"<{self.shape[0]}x{self.shape[1]} MatrixFreeFisherOperator over {type(self.backend).__name__}>"
+
+
+def _rank_bound(p: np.ndarray, g: np.ndarray) -> int:
+    """Bound on rank(sum_i p_i g_i g_i^T): classes with p_i > 0, less one if sum_i p_i g_i = 0."""
+    nz = int(np.count_nonzero(p))
+    resid = np.linalg.norm(p @ g)
+    scale = float(p @ np.linalg.norm(g, axis=1))
+    softmax = scale == 0 or resid <= SOFTMAX_SUM_RTOL * scale
+    return max(0, min(nz - (1 if softmax else 0), g.shape[1]))
 
 
 def default_n_samples(n_classes: int) -> int:

@@ -24,6 +24,7 @@ from ._operators import (
     MatrixFreeFisherOperator,
     SampledFisherOperator,
     _WeightedGradientOperator,
+    _rank_bound,
     default_n_samples,
 )
 from ._validation import as_float_array, check_k, check_method, check_rng, shape_str
@@ -210,17 +211,16 @@ def _too_small_for_krylov(d: int, k: int, method: str) -> bool:
 
 
 def _gram(F: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k eigenpairs of F^T F from the r x r Gram matrix F F^T."""
-    M = F @ F.T
-    mu, U = np.linalg.eigh((M + M.T) / 2)
-    mu, U = mu[::-1][:k], U[:, ::-1][:, :k]
+    """Top-k eigenpairs of F^T F from the r x r Gram matrix F F^T (F may be a stack (n, r, d))."""
+    M = F @ np.swapaxes(F, -1, -2)
+    mu, U = np.linalg.eigh((M + np.swapaxes(M, -1, -2)) / 2)
+    mu, U = mu[..., ::-1][..., :k], U[..., ::-1][..., :k]
     pos = mu > 0
-    V = np.zeros((F.shape[1], k))
-    V[:, pos] = (F.T @ U[:, pos]) / np.sqrt(mu[pos])
+    V = (np.swapaxes(F, -1, -2) @ U) / np.sqrt(np.where(pos, mu, 1.0))[..., None, :]
+    V = np.where(pos[..., None, :], V, 0.0)
     # re-normalise (the lift is exact in exact arithmetic; this removes rounding drift)
-    norms = np.linalg.norm(V[:, pos], axis=0)
-    V[:, pos] /= np.where(norms > 0, norms, 1.0)
-    return mu, V
+    norms = np.linalg.norm(V, axis=-2, keepdims=True)
+    return mu, V / np.where(norms > 0, norms, 1.0)
 
 
 def _dense(a: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -461,10 +461,13 @@ def fisher_spectrum(backend: Any, x: Any, k: int = 20, *, method: str = "auto", 
         chunk = max(1, int(GRAM_MEMORY_BYTES // (8 * C * d)))
         for s in range(0, n, chunk):
             p, g = b.class_gradients(xb[s:s + chunk])
+            g = g.reshape(p.shape[0], C, d)
+            F = np.sqrt(p)[:, :, None] * g
+            mu, V = _gram(F, min(k, C, d))
             for j in range(p.shape[0]):
-                op = FisherOperator(p[j], g[j])
-                w, V = top_eigenpairs(op, k, method="gram")
-                W[s + j], Vs[s + j], ranks[s + j] = w, V.T, op.rank_bound
+                r = _rank_bound(p[j], g[j])
+                w, Vj = _finalize(mu[j, :min(k, r)], V[j, :, :min(k, r)], k, d, max(r, 1))
+                W[s + j], Vs[s + j], ranks[s + j] = w, Vj.T, r
     else:
         for j in range(n):
             if operator == "exact":
