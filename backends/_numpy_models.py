@@ -24,8 +24,30 @@ _ACTIVATIONS = ("tanh", "elu")
 
 
 def _log_softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=-1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+    """log softmax along the last axis, with ``log(sum exp)`` as ``log1p`` of the non-maximal terms
+    so that log p of a dominant class keeps full relative accuracy (it is tiny, not 0)."""
+    top = z.argmax(axis=-1)[..., None]
+    z = z - np.take_along_axis(z, top, axis=-1)
+    e = np.exp(z)
+    np.put_along_axis(e, top, 0.0, axis=-1)
+    return z - np.log1p(e.sum(axis=-1, keepdims=True))
+
+
+def _softmax_seeds(z: np.ndarray, classes: np.ndarray, per_input: bool = False):
+    """p = softmax(z) and the logit-gradients ``p - e_c`` of ``-log p_c``, shape (n, m, C).
+
+    The diagonal entry ``p_c - 1`` is computed as ``expm1(log p_c)`` from the log-softmax, so it
+    keeps full relative accuracy when p_c is close to 1 (a saturated prediction), where
+    ``p_c - 1`` would round to 0.
+    """
+    logp = _log_softmax(z)
+    p = np.exp(logp)
+    n = z.shape[0]
+    cls = classes if per_input else np.broadcast_to(classes, (n, classes.size))
+    seeds = np.repeat(p[:, None, :], cls.shape[1], axis=1)
+    rows = np.arange(n)[:, None]
+    seeds[rows, np.arange(cls.shape[1])[None, :], cls] = np.expm1(logp[rows, cls])
+    return p, seeds
 
 
 class MLPModel(Backend):
@@ -41,6 +63,9 @@ class MLPModel(Backend):
         Nonlinearity after every layer but the last.
     input_shape : tuple of int, optional
         Shape of one input (flattened internally); default ``(in,)`` of the first layer.
+    dropout : float, optional
+        Dropout rate of the hidden layers, used only by :meth:`stochastic_probabilities`
+        (Monte-Carlo dropout for the BU detector); the deterministic model is unaffected.
 
     Notes
     -----
@@ -55,7 +80,7 @@ class MLPModel(Backend):
     dtype = np.dtype(np.float64)
 
     def __init__(self, layers: Sequence[tuple[Any, Any]], activation: str = "tanh",
-                 input_shape: Sequence[int] | None = None):
+                 input_shape: Sequence[int] | None = None, dropout: float = 0.0):
         if activation not in _ACTIVATIONS:
             raise ValueError(f"activation must be one of {_ACTIVATIONS}, got {activation!r}")
         if len(layers) == 0:
@@ -87,6 +112,16 @@ class MLPModel(Backend):
                              f"the first layer expects {d}")
         self.weights, self.biases, self.activation = ws, bs, activation
         self.n_classes = int(ws[-1].shape[0])
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        self.dropout = float(dropout)
+        self.feature_layers = tuple(f"hidden{i}" for i in range(len(ws) - 1))
+        caps = set(type(self).capabilities)
+        if not self.feature_layers:
+            caps.discard("features")
+        if self.dropout > 0 and self.feature_layers:
+            caps.add("stochastic_probabilities")
+        self.capabilities = frozenset(caps)
 
     # ------------------------------------------------------------------ construction helpers
     @classmethod
@@ -118,8 +153,11 @@ class MLPModel(Backend):
     def _dact(self, h, a):
         return 1.0 - a * a if self.activation == "tanh" else np.where(h > 0, 1.0, a + 1.0)
 
-    def _forward(self, x: np.ndarray):
-        """Logits (n, C) and the derivatives of the hidden activations, one per hidden layer."""
+    def _forward(self, x: np.ndarray, rng: np.random.Generator | None = None):
+        """Logits (n, C), derivatives of the hidden activations and the activations themselves.
+
+        With ``rng``, inverted dropout at rate ``self.dropout`` follows every hidden layer.
+        """
         a = x.reshape(x.shape[0], -1)
         slopes, hidden = [], []
         for w, b in zip(self.weights[:-1], self.biases[:-1]):
@@ -127,6 +165,8 @@ class MLPModel(Backend):
             a = self._act(h)
             slopes.append(self._dact(h, a))
             hidden.append(a)
+            if rng is not None and self.dropout > 0:
+                a = a * (rng.random(a.shape) >= self.dropout) / (1.0 - self.dropout)
         return a @ self.weights[-1].T + self.biases[-1], slopes, hidden
 
     def _vjp(self, seeds: np.ndarray, slopes) -> np.ndarray:
@@ -153,10 +193,7 @@ class MLPModel(Backend):
 
     def _class_gradients(self, x, classes):
         z, slopes, _ = self._forward(x)
-        p = np.exp(_log_softmax(z))
-        eye = np.eye(self.n_classes)
-        onehot = eye if classes is None else eye[classes]
-        seeds = p[:, None, :] - onehot[None]  # grad of -log p_i w.r.t. the logits
+        p, seeds = _softmax_seeds(z, np.arange(self.n_classes) if classes is None else classes)
         g = self._vjp(seeds, slopes)
         return p, g.reshape((x.shape[0], seeds.shape[1]) + self.input_shape)
 
@@ -170,20 +207,15 @@ class MLPModel(Backend):
 
     def _loss_gradient(self, x, labels):
         z, slopes, _ = self._forward(x)
-        p = np.exp(_log_softmax(z))
-        seeds = p.copy()
-        seeds[np.arange(x.shape[0]), labels] -= 1.0
-        return p, self._vjp(seeds[:, None, :], slopes)[:, 0].reshape(x.shape)
+        p, seeds = _softmax_seeds(z, labels[:, None], per_input=True)
+        return p, self._vjp(seeds, slopes)[:, 0].reshape(x.shape)
 
-    def features(self, x: Any, layer: int = -1) -> np.ndarray:
-        """Activations of hidden layer ``layer`` (default the last), shape ``(n, width)``."""
-        if len(self.weights) < 2:
-            raise ValueError(f"{type(self).__name__} has no hidden layer to take features from")
-        xb, _ = self.as_batch(x)
-        hidden = self._forward(xb)[2]
-        if not -len(hidden) <= layer < len(hidden):
-            raise ValueError(f"layer must be in [{-len(hidden)}, {len(hidden) - 1}], got {layer}")
-        return hidden[layer]
+    def _features(self, x, layers):
+        hidden = self._forward(x)[2]
+        return {name: hidden[int(name[len("hidden"):])] for name in layers}
+
+    def _stochastic_probabilities(self, x, n_samples, rng):
+        return np.stack([np.exp(_log_softmax(self._forward(x, rng)[0])) for _ in range(n_samples)])
 
     def __repr__(self) -> str:
         sizes = [self.weights[0].shape[1]] + [w.shape[0] for w in self.weights]
@@ -205,8 +237,6 @@ class LogisticRegressionModel(MLPModel):
     -----
     The logit Jacobian is ``W`` itself, so :math:`G = W^T(\\mathrm{diag}\\, p - pp^T)W` in closed form.
     """
-
-    capabilities = MLPModel.capabilities - {"features"}
 
     def __init__(self, W: Any, b: Any, input_shape: Sequence[int] | None = None):
         super().__init__([(W, b)], activation="tanh", input_shape=input_shape)

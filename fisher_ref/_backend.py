@@ -220,7 +220,58 @@ class Backend:
             p[idx], g[idx] = pc, gc[:, 0]
         return p, g
 
+    def features(self, x: Any, layers: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Hidden-layer activations, for the KD and LID detectors.
+
+        Parameters
+        ----------
+        x : array-like of shape (n, *input_shape) or input_shape
+        layers : sequence of str, optional
+            Names from :attr:`feature_layers` (default: all of them, in order).
+
+        Returns
+        -------
+        dict mapping layer name to ndarray of shape (n, n_units), float64 (activations flattened).
+        """
+        self.require("features", "hidden-layer activations (KD and LID detectors need them)")
+        xb, _ = self.as_batch(x)
+        names = list(self.feature_layers) if layers is None else list(layers)
+        unknown = [n for n in names if n not in self.feature_layers]
+        if unknown or not names:
+            raise ValueError(f"layers must be names from {list(self.feature_layers)}, got {names!r}")
+        out = self._features(xb, names)
+        res = {}
+        for n in names:
+            a = np.asarray(out[n], dtype=np.float64).reshape(xb.shape[0], -1)
+            res[n] = check_finite(a, f"features of layer {n!r} returned by {type(self).__name__}")
+        return res
+
+    def stochastic_probabilities(self, x: Any, n_samples: int, *, rng=None) -> np.ndarray:
+        """Monte-Carlo dropout predictions, shape ``(n_samples, n, C)`` (for the BU detector)."""
+        self.require("stochastic_probabilities", "Monte-Carlo dropout predictions (the BU detector needs them)")
+        if not isinstance(n_samples, (int, np.integer)) or isinstance(n_samples, bool) or n_samples < 1:
+            raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
+        xb, _ = self.as_batch(x)
+        from ._validation import check_rng
+
+        out = np.asarray(self._stochastic_probabilities(xb, int(n_samples), check_rng(rng)), dtype=np.float64)
+        if out.shape[:2] != (n_samples, xb.shape[0]) or out.ndim != 3:
+            raise ValueError(f"{type(self).__name__} returned stochastic probabilities of shape "
+                             f"{shape_str(out.shape)}, expected ({n_samples}, {xb.shape[0]}, n_classes)")
+        for s in range(n_samples):
+            self._check_probs(out[s], xb.shape[0])
+        return out
+
+    #: Names of the layers :meth:`features` can return (backends with the "features" capability).
+    feature_layers: tuple = ()
+
     # ------------------------------------------------------------------ to implement
+    def _features(self, x: np.ndarray, layers: list[str]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def _stochastic_probabilities(self, x: np.ndarray, n_samples: int, rng: np.random.Generator) -> np.ndarray:
+        raise NotImplementedError
+
     def _probabilities(self, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
