@@ -202,7 +202,11 @@ class MLPModel(Backend):
         z, slopes, _ = self._forward(x)
         p = np.exp(_log_softmax(z))[:, None, :]
         u = self._jvp(v.reshape(n, k, -1), slopes)
-        w = p * u - p * (p * u).sum(axis=-1, keepdims=True)
+        # (diag p - pp^T) u = p * (u - p.u), with u - p.u = (u - u_top) - sum_j p_j (u_j - u_top):
+        # exact since sum p = 1, and free of the cancellation u_top - p.u when p is nearly one-hot
+        top = z.argmax(axis=1)[:, None, None]
+        du = u - np.take_along_axis(u, top, axis=-1)
+        w = p * (du - (p * du).sum(axis=-1, keepdims=True))
         return self._vjp(w, slopes).reshape(v.shape)
 
     def _loss_gradient(self, x, labels):

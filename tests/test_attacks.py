@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import fisher_ref as fr
@@ -69,6 +69,9 @@ def test_fgm_is_normalised_loss_gradient(model_x, eps):
                   for e in np.eye(x.size)]).T
     p = model.probabilities(x)[0]
     g = J.T @ (p - np.eye(p.size)[r.labels])
+    # the differences carry an absolute error ~1e-10 |z| per entry of J: skip the inputs where
+    # that is not small against the gradient (saturated ELU units, p_y ~ 1)
+    assume(np.linalg.norm(g) > 1e-4 * max(1.0, np.abs(model.logits(x)).max()))
     np.testing.assert_allclose(r.eta.ravel(), eps * g / np.linalg.norm(g), rtol=1e-5, atol=1e-7 * eps)
 
 

@@ -13,7 +13,7 @@ from fisher_ref.backends import MLPModel
 from _strategies import fisher_problems, numpy_models
 
 EPS = np.finfo(np.float64).eps
-METHODS = ["gram", "dense", "lanczos", "power", "lobpcg"]
+METHODS = ["gram", "dense", "lanczos", "power", "block-lanczos"]
 
 
 def eigh_top(G, k):
@@ -23,7 +23,7 @@ def eigh_top(G, k):
 
 def tol_for(method, w0, d):
     # direct methods: backward stable, error ~ d eps ||G||; iterative: the tolerance asked
-    return {"gram": 1e3, "dense": 1e3, "lanczos": 1e3, "power": 1e5, "lobpcg": 1e5}[method] * d * EPS * max(w0, 1e-300)
+    return {"gram": 1e3, "dense": 1e3, "lanczos": 1e3, "power": 1e5, "block-lanczos": 1e5}[method] * d * EPS * max(w0, 1e-300)
 
 
 @given(fisher_problems(), st.integers(1, 12), st.sampled_from(METHODS))
@@ -33,7 +33,7 @@ def test_eigenvalues_match_dense(problem, k, method):
     k = min(k, d)
     A = FisherOperator(p, g)
     w_ref, V_ref = eigh_top(fisher_matrix(p, g), k)
-    w, V = top_eigenpairs(A, k, method=method, tol=1e-14 if method in ("power", "lobpcg") else None, rng=0,
+    w, V = top_eigenpairs(A, k, method=method, tol=1e-14 if method in ("power", "block-lanczos") else None, rng=0,
                           maxiter=100000 if method == "power" else None)
     assert w.shape == (k,) and V.shape == (d, k)
     assert np.all(np.diff(w) <= 0) and np.all(w >= 0)
@@ -54,7 +54,7 @@ def test_past_the_rank_eigenvalues_are_exact_zeros(problem, method):
     C, d = g.shape
     assume(d > C + 2)
     k = min(C + 2, d)
-    w, V = top_eigenpairs(FisherOperator(p, g), k, method=method, rng=1, tol=1e-13 if method in ("power", "lobpcg") else None,
+    w, V = top_eigenpairs(FisherOperator(p, g), k, method=method, rng=1, tol=1e-13 if method in ("power", "block-lanczos") else None,
                           maxiter=100000 if method == "power" else None)
     assert np.all(w[C - 1:] == 0.0)  # exact zeros, never solver noise
     np.testing.assert_allclose(V.T @ V, np.eye(k), atol=1e-8)
@@ -63,7 +63,7 @@ def test_past_the_rank_eigenvalues_are_exact_zeros(problem, method):
 def test_sign_convention_is_deterministic():
     p, g = np.array([0.6, 0.3, 0.1]), np.random.default_rng(0).standard_normal((3, 8))
     for method in METHODS:
-        _, V = top_eigenpairs(FisherOperator(p, g), 2, method=method, rng=0, tol=1e-13 if method in ("power", "lobpcg") else None)
+        _, V = top_eigenpairs(FisherOperator(p, g), 2, method=method, rng=0, tol=1e-13 if method in ("power", "block-lanczos") else None)
         idx = np.argmax(np.abs(V), axis=0)
         assert np.all(V[idx, [0, 1]] > 0)
 
@@ -130,14 +130,14 @@ def test_errors():
         top_eigenpairs(np.array([[1.0, np.nan], [np.nan, 1.0]]), 1)
 
 
-@given(numpy_models(), st.sampled_from(["gram", "dense", "lanczos", "power", "lobpcg"]),
+@given(numpy_models(), st.sampled_from(["gram", "dense", "lanczos", "power", "block-lanczos"]),
        st.sampled_from(["auto", "exact", "matrix-free", "sampled"]))
 def test_fisher_spectrum_per_input(model_x, method, operator):
     model, x = model_x
     assume(not (method == "gram" and operator == "matrix-free"))
     xb = np.stack([x, np.clip(x[::-1] if x.ndim == 1 else x + 0.1, 0, 1)])
     k = min(4, x.size)
-    kw = dict(tol=1e-13, maxiter=100000) if method in ("power", "lobpcg") else {}
+    kw = dict(tol=1e-13, maxiter=100000) if method in ("power", "block-lanczos") else {}
     w, V, info = fisher_spectrum(model, xb, k=k, method=method, operator=operator, rng=0, return_info=True, **kw)
     assert w.shape == (2, k) and V.shape == (2, k) + x.shape
     if operator == "sampled":
