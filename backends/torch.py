@@ -1,0 +1,520 @@
+"""PyTorch backend: per-class gradients and matrix-free Fisher-vector products with ``torch.func``.
+
+PyTorch is imported lazily (in the constructor), so ``import fisher_ref.backends.torch`` needs
+only NumPy; constructing :class:`TorchBackend` without PyTorch raises ImportError naming the
+extra to install.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+from .._backend import Backend, MissingCapabilityError
+from .._validation import PROB_SUM_RTOL, shape_str
+
+__all__ = ["TorchBackend"]
+
+_OUTPUTS = ("logits", "probabilities", "log_probabilities")
+
+#: Memory budget (bytes) for one vectorised block: the ``(chunk, n, ...)`` tangents, cotangents
+#: and gradients of a vmapped JVP/VJP, or the activations of an inference batch.
+_MEMORY_BUDGET = 256 * 2**20
+
+
+def _import_torch():
+    try:
+        return importlib.import_module("torch")
+    except ImportError as exc:
+        raise ImportError("TorchBackend needs PyTorch: pip install 'fisher-ref[torch]'") from exc
+
+
+class TorchBackend(Backend):
+    """Backend for a PyTorch classifier ``model(x) -> (n, C)`` class scores.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Maps a batch ``(n, *input_shape)`` to ``(n, C)`` scores, ``C >= 2``, each row depending on
+        its own input only (no mixing across the batch: BatchNorm in eval mode is fine). The
+        caller's model is never modified: the backend works on a deep copy, moved to ``device``
+        and ``dtype``, in eval mode, with ``requires_grad=False`` on its parameters.
+    input_shape : tuple of int, optional
+        Shape of one input. Without it, the first input seen fixes it with a probe (see Notes);
+        passing it removes the ambiguity between a batch of one input and a single input (an
+        image of shape ``(1, 28, 28)`` could be either).
+    device : str or torch.device, optional
+        Where to compute; default ``"cuda"`` when available, else ``"cpu"``.
+    dtype : torch.dtype, optional
+        Precision of the computation; default the model's parameter dtype (float32 typically).
+        ``torch.float64`` is the validation mode: results then agree with float64 NumPy
+        references to about 1e-10.
+    output : {"logits", "probabilities", "log_probabilities"}
+        What the model returns. Everything is done in log space: ``log p = log_softmax(s)`` with
+        ``s`` the logits, the log-probabilities, or the log of the probabilities the model returns.
+    chunk_size : int, optional
+        How many classes (per-class gradients) or vectors (Fisher-vector products) are vmapped at
+        once. Default: as many as keep a block under about 256 MB; the batch is split as well
+        when one input per class already exceeds that.
+    feature_layers : sequence of str, optional
+        Names from ``model.named_modules()`` whose outputs :meth:`features` returns (KD and LID
+        detectors). Without it, the backend does not declare ``"features"``.
+
+    Attributes
+    ----------
+    model : torch.nn.Module
+        The backend's private eval-mode copy of the model.
+    device : torch.device
+    torch_dtype : torch.dtype
+    dtype : numpy.dtype
+        NumPy counterpart of ``torch_dtype``; results are float64 but carry this accuracy.
+    output : str
+    capabilities : frozenset of str
+        ``probabilities``, ``class_gradients``, ``fisher_vector_product``, ``loss_gradient``;
+        ``features`` with ``feature_layers``; ``stochastic_probabilities`` when the model has a
+        dropout layer.
+
+    Raises
+    ------
+    ImportError
+        If PyTorch is not installed.
+    ValueError
+        On an unknown ``output``, a bad ``chunk_size``, device or dtype, or an unknown layer name.
+    TypeError
+        If ``model`` is not a ``torch.nn.Module``.
+
+    Notes
+    -----
+    With scores :math:`s(x) \\in \\mathbb{R}^C`, their Jacobian :math:`J = \\partial s/\\partial x`
+    and :math:`p = \\mathrm{softmax}(s)`, the class gradients are
+    :math:`g_i = \\nabla_x(-\\log p_i) = J^T(p - e_i)` and the Fisher information matrix is
+    :math:`G = \\sum_i p_i g_i g_i^T = J^T(\\mathrm{diag}\\, p - p p^T) J` (Zhao et al. 2019, eq. 4).
+
+    * Class gradients: one forward with ``torch.func.vjp`` of the scores over the whole batch, then
+      ``torch.func.vmap`` of the VJP over the seeds :math:`p - e_i` (shape ``(m, n, C)``, class
+      :math:`i` selected for every input). The seeds are formed in float64 from the scores with
+      :math:`p_i - 1 = \\mathrm{expm1}(\\log p_i)` and a log-softmax that keeps full relative
+      accuracy for a dominant class, as the NumPy reference models do.
+    * Fisher-vector products: :math:`u = J v` with ``torch.func.jvp`` (vmapped over the k vectors),
+      :math:`w = p \\odot (u - p^T u)` in float64 (after subtracting the top class's entry, which
+      leaves :math:`w` unchanged and avoids cancellation when :math:`p` is nearly one-hot), and
+      :math:`J^T w` with the VJP of the same forward. The cost does not depend on C.
+    * Because the batch is differentiated as a whole, ``model`` must treat inputs independently.
+
+    Shape probe (``input_shape=None``): if ``x.ndim >= 2`` and ``model(x)`` has shape
+    ``(x.shape[0], C)``, ``x`` is a batch; otherwise, if ``model(x[None])`` has shape ``(1, C)``,
+    ``x`` is one input; else ValueError.
+
+    References
+    ----------
+    C. Zhao, P. T. Fletcher, M. Yu, Y. Peng, G. Zhang, C. Shen. The adversarial attack and
+    detection under the Fisher information metric. AAAI 2019 (eqs. 4 and 6).
+    """
+
+    capabilities = frozenset({"probabilities", "class_gradients", "fisher_vector_product", "loss_gradient"})
+
+    def __init__(self, model: Any, *, input_shape: Sequence[int] | None = None, device: Any = None,
+                 dtype: Any = None, output: str = "logits", chunk_size: int | None = None,
+                 feature_layers: Sequence[str] | None = None):
+        torch = _import_torch()
+        self._torch = torch
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if not isinstance(output, str) or output not in _OUTPUTS:
+            raise ValueError(f"output must be one of {', '.join(map(repr, _OUTPUTS))}; got {output!r}")
+        if chunk_size is not None and (not isinstance(chunk_size, (int, np.integer))
+                                       or isinstance(chunk_size, bool) or chunk_size < 1):
+            raise ValueError(f"chunk_size must be None or a positive int, got {chunk_size!r}")
+        super().__init__(input_shape)
+        self.output = output
+        self.chunk_size = None if chunk_size is None else int(chunk_size)
+        self.device = self._check_device(device)
+        self.torch_dtype = self._check_dtype(dtype, model)
+        self.dtype = np.dtype(str(self.torch_dtype).replace("torch.", ""))
+        # float64 for the softmax algebra on (n, C) arrays, except where the device has none
+        self._red_dtype = torch.float32 if self.device.type == "mps" else torch.float64
+
+        m = copy.deepcopy(model).to(device=self.device, dtype=self.torch_dtype).eval()
+        for prm in m.parameters():
+            prm.requires_grad_(False)
+        self.model = m
+        self._dropouts = [mod for mod in m.modules() if isinstance(mod, torch.nn.modules.dropout._DropoutNd)]
+        self._elems_per_input: int | None = None  # activation elements per input, measured once
+
+        caps = set(type(self).capabilities)
+        modules = dict(m.named_modules())
+        if feature_layers is not None:
+            names = (feature_layers,) if isinstance(feature_layers, str) else tuple(feature_layers)
+            valid = [n for n in modules if n]
+            unknown = [n for n in names if not isinstance(n, str) or n not in modules or not n]
+            if unknown or not names:
+                raise ValueError(f"feature_layers must be names from model.named_modules(): {valid}; "
+                                 f"got {list(names)!r} (unknown: {unknown!r})")
+            self.feature_layers = names
+            caps.add("features")
+        if self._dropouts:
+            caps.add("stochastic_probabilities")
+        self.capabilities = frozenset(caps)
+
+    # ------------------------------------------------------------------ construction helpers
+    def _check_device(self, device: Any):
+        torch = self._torch
+        if device is None:
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError) as exc:
+            raise ValueError(f"device must be a torch.device or a device string such as 'cpu' or "
+                             f"'cuda:0', got {device!r}") from exc
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} asked for, but CUDA is not available")
+        return dev
+
+    def _check_dtype(self, dtype: Any, model: Any):
+        torch = self._torch
+        allowed = (torch.float16, torch.float32, torch.float64)
+        if dtype is None:
+            floats = [t.dtype for t in list(model.parameters()) + list(model.buffers()) if t.is_floating_point()]
+            dtype = floats[0] if floats else torch.get_default_dtype()
+            if dtype not in allowed:
+                raise ValueError(f"the model's parameters are {dtype}, which has no NumPy counterpart: "
+                                 f"pass dtype= one of {allowed}")
+            return dtype
+        if isinstance(dtype, torch.dtype):
+            if dtype not in allowed:
+                raise ValueError(f"dtype must be one of {allowed}, got {dtype}")
+            return dtype
+        try:
+            nd = np.dtype(dtype)
+        except TypeError as exc:
+            raise ValueError(f"dtype must be one of {allowed}, got {dtype!r}") from exc
+        table = {np.dtype(np.float16): torch.float16, np.dtype(np.float32): torch.float32,
+                 np.dtype(np.float64): torch.float64}
+        if nd not in table:
+            raise ValueError(f"dtype must be one of {allowed}, got {dtype!r}")
+        return table[nd]
+
+    # ------------------------------------------------------------------ forward
+    def _to_tensor(self, a: np.ndarray):
+        # a copy, never a view of the caller's array (a model may work in place on its input)
+        return self._torch.tensor(a, dtype=self.torch_dtype, device=self.device)
+
+    def _scores(self, x):
+        """Scores ``s`` with ``log p = log_softmax(s)``, and the raw model output (aux).
+
+        Runs inside torch.func transforms: only shape checks here, value checks in _check_output.
+        """
+        # the clone lets a model work in place on its input (autograd refuses that on the primal)
+        out = self.model(x.clone())
+        n = x.shape[0]
+        if not isinstance(out, self._torch.Tensor) or out.ndim != 2 or out.shape[0] != n or out.shape[1] < 2:
+            got = shape_str(out.shape) if isinstance(out, self._torch.Tensor) else type(out).__name__
+            raise ValueError(f"model output has shape {got} for a batch of {n} inputs, expected "
+                             f"(n, n_classes) class scores with n = {n} and n_classes >= 2")
+        s = self._torch.log(out) if self.output == "probabilities" else out
+        return s, out
+
+    def _check_output(self, out, offset: int = 0) -> None:
+        """ValueError naming the first input whose model output is not finite or not a distribution."""
+        torch = self._torch
+        what = {"logits": "logits", "probabilities": "probabilities",
+                "log_probabilities": "log-probabilities"}[self.output]
+        bad = ~torch.isfinite(out).all(dim=1)
+        if bool(bad.any()):
+            j = int(torch.nonzero(bad)[0, 0])
+            n_nan, n_inf = int(torch.isnan(out[j]).sum()), int(torch.isinf(out[j]).sum())
+            raise ValueError(f"the model returned non-finite {what} for input {offset + j} ({n_nan} NaN and "
+                             f"{n_inf} Inf of {out.shape[1]} outputs)")
+        if self.output == "logits":
+            return
+        o = out.detach().to(self._red_dtype)
+        if self.output == "probabilities":
+            bad = (o <= 0).any(dim=1)
+            if bool(bad.any()):
+                j = int(torch.nonzero(bad)[0, 0])
+                raise ValueError(f"the model returned a zero or negative probability for input {offset + j} "
+                                 f"(min {float(o[j].min()):.3g}); log p would be -inf or NaN. With "
+                                 "output='probabilities' every probability must be > 0: have the model "
+                                 "return logits or log-probabilities instead")
+            total = o.sum(dim=1)
+        else:
+            total = torch.exp(o).sum(dim=1)
+        tol = PROB_SUM_RTOL + o.shape[1] * float(np.finfo(np.float32).eps)
+        bad = (total - 1).abs() > tol
+        if bool(bad.any()):
+            j = int(torch.nonzero(bad)[0, 0])
+            raise ValueError(f"output={self.output!r} but the model's {what} for input {offset + j} do not "
+                             f"sum to one (sum of probabilities {float(total[j]):.8g}); are these logits? "
+                             "Pass output='logits'")
+
+    def _log_softmax(self, s):
+        """Log-softmax in float64 with full relative accuracy for a dominant class; also the top class."""
+        torch = self._torch
+        s = s.detach().to(self._red_dtype)
+        top = s.argmax(dim=1, keepdim=True)
+        z = s - s.gather(1, top)
+        e = torch.exp(z).scatter(1, top, 0.0)
+        return z - torch.log1p(e.sum(dim=1, keepdim=True)), top
+
+    def _probs_from_logp(self, logp) -> np.ndarray:
+        p = np.exp(logp.cpu().numpy().astype(np.float64))
+        return p / p.sum(axis=1, keepdims=True)
+
+    # ------------------------------------------------------------------ memory and chunking
+    def _elems(self) -> int:
+        """Elements per input held by one forward (input plus all leaf-module outputs), measured once."""
+        if self._elems_per_input is None:
+            torch = self._torch
+            count = [0]
+
+            def hook(_mod, _inp, out):
+                if isinstance(out, torch.Tensor):
+                    count[0] += out.numel()
+
+            leaves = [mod for mod in self.model.modules() if not list(mod.children())]
+            handles = [mod.register_forward_hook(hook) for mod in leaves]
+            try:
+                with torch.inference_mode():
+                    self.model(torch.zeros((1, *self.input_shape), dtype=self.torch_dtype, device=self.device))
+            finally:
+                for h in handles:
+                    h.remove()
+            self._elems_per_input = int(math.prod(self.input_shape)) + count[0]
+        return self._elems_per_input
+
+    def _blocks(self, n: int, m: int) -> tuple[int, int]:
+        """(batch chunk, vmap chunk) for n inputs and m vmapped seeds/tangents under the budget."""
+        per = self._elems() * self.dtype.itemsize  # bytes per (seed, input)
+        if self.chunk_size is not None:
+            ck = min(self.chunk_size, m)
+        else:
+            ck = max(1, min(m, _MEMORY_BUDGET // (per * n)))
+        nb = max(1, min(n, _MEMORY_BUDGET // (per * ck)))
+        return nb, ck
+
+    def _batch_slices(self, n: int, nb: int):
+        return [slice(i, min(i + nb, n)) for i in range(0, n, nb)]
+
+    def _count_classes(self, x: np.ndarray) -> int:
+        """Number of classes C (one forward of one input the first time), to size the blocks."""
+        if self.n_classes is None:
+            with self._torch.inference_mode():
+                _, out = self._scores(self._to_tensor(x[:1]))
+            self.n_classes = int(out.shape[1])
+        return self.n_classes
+
+    # ------------------------------------------------------------------ shape probe
+    def _infer_input_shape(self, x: np.ndarray) -> tuple[int, ...]:
+        """Probe the model: ``x`` is a batch if ``model(x[:2])`` has shape ``(len(x[:2]), C)``, one
+        input if ``model(x[None])`` has shape ``(1, C)``; else ValueError asking for ``input_shape=``.
+
+        Only the first two rows of a candidate batch are run (the model treats inputs independently).
+        """
+        torch = self._torch
+        if x.ndim == 0:
+            raise ValueError("x must have at least one dimension, got a scalar")
+        why = []
+
+        def probe(a: np.ndarray, what: str) -> int | None:
+            """C if the model maps ``a`` to (len(a), C) with C >= 2, else None (reason in ``why``)."""
+            try:
+                with torch.inference_mode():
+                    out = self.model(self._to_tensor(a))
+            except Exception as exc:  # the model refuses this shape: not the right reading of x
+                why.append(f"{what} raised {type(exc).__name__}: {exc}")
+                return None
+            shp = tuple(out.shape) if isinstance(out, torch.Tensor) else None
+            if shp is not None and len(shp) == 2 and shp[0] == a.shape[0] and shp[1] >= 2:
+                return int(shp[1])
+            why.append(f"{what} returned {type(out).__name__ if shp is None else shape_str(shp)}")
+            return None
+
+        if x.ndim >= 2:
+            a = x[:2]
+            C = probe(a, f"as a batch, model(x[:{a.shape[0]}])")
+            if C is not None:
+                self.n_classes = self.n_classes or C
+                return tuple(int(s) for s in x.shape[1:])
+        C = probe(x[None], "as one input, model(x[None])")
+        if C is not None:
+            self.n_classes = self.n_classes or C
+            return tuple(int(s) for s in x.shape)
+        raise ValueError(f"cannot tell the input shape from x of shape {shape_str(x.shape)}: the model does "
+                         "not map it to (n, n_classes) class scores, neither as a batch nor as one input ("
+                         + "; ".join(why) + "). Pass input_shape= to TorchBackend")
+
+    # ------------------------------------------------------------------ protocol
+    def _probabilities(self, x: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        n = x.shape[0]
+        nb = max(1, min(n, _MEMORY_BUDGET // (self._elems() * self.dtype.itemsize)))
+        parts = []
+        with torch.inference_mode():
+            for sl in self._batch_slices(n, nb):
+                s, out = self._scores(self._to_tensor(x[sl]))
+                self._check_output(out, sl.start)
+                parts.append(self._probs_from_logp(self._log_softmax(s)[0]))
+        return np.concatenate(parts)
+
+    def _class_gradients(self, x: np.ndarray, classes: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        torch, func = self._torch, self._torch.func
+        n = x.shape[0]
+        C = self._count_classes(x)
+        cls = np.arange(C) if classes is None else classes
+        if cls.max() >= C:
+            raise ValueError(f"classes must lie in [0, {C - 1}], got max {cls.max()}")
+        m = cls.size
+        cls_t = torch.as_tensor(cls, device=self.device)
+        nb, ck = self._blocks(n, m)
+        probs, grads = [], []
+        for sl in self._batch_slices(n, nb):
+            s, vjp_fn, out = func.vjp(self._scores, self._to_tensor(x[sl]), has_aux=True)
+            self._check_output(out, sl.start)
+            logp, _ = self._log_softmax(s)
+            nj = logp.shape[0]
+            # seeds[i, j] = p(x_j) - e_{cls[i]}: the score-gradient of -log p_{cls[i]}(x_j), with the
+            # diagonal p_c - 1 as expm1(log p_c) (exact for a dominant class)
+            seeds = torch.exp(logp).unsqueeze(0).repeat(m, 1, 1)
+            diag = torch.expm1(logp[:, cls_t]).T  # (m, nj)
+            seeds.scatter_(2, cls_t.view(m, 1, 1).expand(m, nj, 1), diag.unsqueeze(2))
+            seeds = seeds.to(self.torch_dtype)
+            g = torch.cat([func.vmap(vjp_fn)(seeds[i:i + ck])[0] for i in range(0, m, ck)])  # (m, nj, *shape)
+            grads.append(g.transpose(0, 1).to(torch.float64).cpu().numpy())
+            probs.append(self._probs_from_logp(logp))
+        return np.concatenate(probs), np.concatenate(grads)
+
+    def _fisher_vector_product(self, x: np.ndarray, v: np.ndarray) -> np.ndarray:
+        torch, func = self._torch, self._torch.func
+        n, k = v.shape[:2]
+        nb, ck = self._blocks(n, k)
+        res = np.empty(v.shape, dtype=np.float64)
+
+        def scores_only(a):
+            return self._scores(a)[0]
+
+        for sl in self._batch_slices(n, nb):
+            xs = self._to_tensor(x[sl])
+            vs = self._to_tensor(v[sl].swapaxes(0, 1))  # (k, nj, *shape)
+            s, vjp_fn, out = func.vjp(self._scores, xs, has_aux=True)
+            self._check_output(out, sl.start)
+            logp, top = self._log_softmax(s)
+            p = torch.exp(logp)
+            for i in range(0, k, ck):
+                u = func.vmap(lambda t: func.jvp(scores_only, (xs,), (t,))[1])(vs[i:i + ck])  # (c, nj, C)
+                u = u.to(self._red_dtype)
+                # (diag p - pp^T) u = p * (u - p.u), with u shifted by its top-class entry (exact as sum p = 1)
+                du = u - u.gather(2, top.unsqueeze(0).expand(u.shape[0], -1, 1))
+                w = p * (du - (p * du).sum(dim=2, keepdim=True))
+                gv = func.vmap(vjp_fn)(w.to(self.torch_dtype))[0]  # (c, nj, *shape)
+                res[sl, i:i + ck] = gv.transpose(0, 1).to(torch.float64).cpu().numpy()
+        return res
+
+    def _loss_gradient(self, x: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        torch, func = self._torch, self._torch.func
+        n = x.shape[0]
+        nb, _ = self._blocks(n, 1)
+        probs, grads = [], []
+        for sl in self._batch_slices(n, nb):
+            xs = self._to_tensor(x[sl])
+            s, vjp_fn, out = func.vjp(self._scores, xs, has_aux=True)
+            self._check_output(out, sl.start)
+            logp, _ = self._log_softmax(s)
+            y = torch.as_tensor(labels[sl], device=self.device).view(-1, 1)
+            seeds = torch.exp(logp).scatter(1, y, torch.expm1(logp.gather(1, y)))  # p - e_y
+            grads.append(vjp_fn(seeds.to(self.torch_dtype))[0].to(torch.float64).cpu().numpy())
+            probs.append(self._probs_from_logp(logp))
+        return np.concatenate(probs), np.concatenate(grads)
+
+    # ------------------------------------------------------------------ features and MC dropout
+    def _features(self, x: np.ndarray, layers: list[str]) -> dict[str, np.ndarray]:
+        torch = self._torch
+        modules = dict(self.model.named_modules())
+        n = x.shape[0]
+        nb = max(1, min(n, _MEMORY_BUDGET // (self._elems() * self.dtype.itemsize)))
+        acts: dict[str, list] = {name: [] for name in layers}
+
+        def make_hook(name):
+            def hook(_mod, _inp, out):
+                if not isinstance(out, torch.Tensor):
+                    raise ValueError(f"layer {name!r} returned {type(out).__name__}, not a tensor; "
+                                     "choose a layer whose output is a single tensor")
+                acts[name].append(out.detach().to(torch.float64).cpu().numpy().copy())
+            return hook
+
+        handles = [modules[name].register_forward_hook(make_hook(name)) for name in layers]
+        try:
+            with torch.inference_mode():
+                for sl in self._batch_slices(n, nb):
+                    _, out = self._scores(self._to_tensor(x[sl]))
+                    self._check_output(out, sl.start)
+        finally:
+            for h in handles:
+                h.remove()
+        return {name: np.concatenate(acts[name]) for name in layers}
+
+    def stochastic_probabilities(self, x: Any, n_samples: int, *, rng=None) -> np.ndarray:
+        """Monte-Carlo dropout predictions, shape ``(n_samples, n, C)`` (for the BU detector).
+
+        Only the dropout layers (``torch.nn.Dropout*``) of the backend's copy are put in training
+        mode; BatchNorm keeps its running statistics.
+
+        Parameters
+        ----------
+        x : array-like of shape (n, *input_shape) or input_shape
+        n_samples : int
+            Number of dropout masks (forward passes).
+        rng : None, int or numpy.random.Generator
+            Seeds torch's RNG (in a forked RNG state, so the global one is left as it was): the
+            same seed gives the same samples.
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n, C), float64
+
+        Raises
+        ------
+        MissingCapabilityError
+            If the model has no dropout layer.
+        """
+        if not self._dropouts:
+            raise MissingCapabilityError(
+                "the model has no dropout layer (torch.nn.Dropout and the like): Monte-Carlo dropout "
+                "predictions, which the BU (Bayesian uncertainty) detector needs, are not available")
+        return super().stochastic_probabilities(x, n_samples, rng=rng)
+
+    def _stochastic_probabilities(self, x: np.ndarray, n_samples: int, rng: np.random.Generator) -> np.ndarray:
+        torch = self._torch
+        n = x.shape[0]
+        nb = max(1, min(n, _MEMORY_BUDGET // (self._elems() * self.dtype.itemsize)))
+        seed = int(rng.integers(0, 2**63 - 1))
+        devices = []
+        if self.device.type == "cuda":
+            devices = [self.device.index if self.device.index is not None else torch.cuda.current_device()]
+        out_arr = np.empty((n_samples, n, 0))
+        try:
+            for mod in self._dropouts:
+                mod.train()
+            with torch.random.fork_rng(devices=devices), torch.inference_mode():
+                torch.manual_seed(seed)
+                samples = []
+                for _ in range(n_samples):
+                    parts = []
+                    for sl in self._batch_slices(n, nb):
+                        s, out = self._scores(self._to_tensor(x[sl]))
+                        self._check_output(out, sl.start)
+                        parts.append(self._probs_from_logp(self._log_softmax(s)[0]))
+                    samples.append(np.concatenate(parts))
+                out_arr = np.stack(samples)
+        finally:
+            for mod in self._dropouts:
+                mod.eval()
+        return out_arr
+
+    def __repr__(self) -> str:
+        shp = None if self.input_shape is None else shape_str(self.input_shape)
+        return (f"TorchBackend({type(self.model).__name__}, output={self.output!r}, device='{self.device}', "
+                f"dtype={self.torch_dtype}, input_shape={shp}, n_classes={self.n_classes})")
