@@ -1,0 +1,665 @@
+"""ONNX Runtime backend: the Fisher information of an exported classifier, without autograd.
+
+ONNX Runtime runs graphs but cannot differentiate them. :class:`OnnxBackend` differentiates the
+graph itself with `onnx-ad <https://github.com/yacoda/onnx-ad>`_ (source transformation over the
+ONNX protobuf) and runs the derivative graphs in ordinary :class:`onnxruntime.InferenceSession` s:
+
+* a wrapper graph appends ``log p = LogSoftmax(logits)`` to the classifier (or ``Log(probs)`` when
+  it outputs probabilities; a final ``Softmax`` is replaced by ``LogSoftmax`` of its input);
+* ``onnx_ad.reverse`` of the wrapper computes ``J_logp^T s`` for any number of seed directions
+  ``s`` in one run: seeding ``-e_i`` for every class gives all per-class gradients
+  ``g_i = grad_x(-log p_i)`` of a batch at once (paper eq. 6);
+* ``onnx_ad.forward`` of the wrapper computes ``u = J_logp v`` for a block of directions ``v``;
+  then ``G v = J_logp^T (p * u)`` is one reverse run with seeds ``p * u``. Since
+  ``J_logp = (I - 1 p^T) J``, this is ``J^T (diag p - p p^T) J v`` (paper eq. 4) whatever C is.
+
+onnx, onnxruntime and onnx-ad are imported when a backend is constructed, never at import time.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from collections import OrderedDict
+from typing import Any, Sequence
+
+import numpy as np
+
+from .._backend import Backend
+from .._validation import shape_str
+
+__all__ = ["OnnxBackend"]
+
+logger = logging.getLogger(__name__)
+
+_MISSING = ("OnnxBackend needs onnx, onnxruntime and onnx-ad: pip install 'fisher-ref[onnx]' "
+            "(or 'fisher-ref[onnx-gpu]')")
+
+#: What ``output=`` accepts; ``"auto"`` chooses between the others.
+OUTPUT_KINDS = ("auto", "logits", "probabilities", "log_probabilities")
+
+#: Element types of the graph input the backend computes in (ONNX TensorProto codes).
+_FLOAT, _DOUBLE = 1, 11
+_DTYPES = {_FLOAT: np.dtype(np.float32), _DOUBLE: np.dtype(np.float64)}
+
+
+def _frameworks():
+    """``(onnx, onnxruntime, onnx_ad)``, imported on first use (ImportError names the extra)."""
+    try:
+        onnx = importlib.import_module("onnx")
+        ort = importlib.import_module("onnxruntime")
+        onnx_ad = importlib.import_module("onnx_ad")
+    except ImportError as exc:
+        raise ImportError(_MISSING) from exc
+    return onnx, ort, onnx_ad
+
+
+def _version(module) -> tuple[int, ...]:
+    parts = []
+    for p in str(getattr(module, "__version__", "0")).split(".")[:2]:
+        digits = "".join(c for c in p if c.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
+
+
+class _Derivative:
+    """One derivative model at a fixed batch size; its session is created on first use."""
+
+    __slots__ = ("model", "seed", "output", "session")
+
+    def __init__(self, model, seed: str, output: str):
+        self.model, self.seed, self.output, self.session = model, seed, output, None
+
+
+class OnnxBackend(Backend):
+    """A classifier stored as an ONNX graph, differentiated with onnx-ad, run by ONNX Runtime.
+
+    Parameters
+    ----------
+    model : str, os.PathLike or onnx.ModelProto
+        The classifier: one floating-point input of shape ``(batch, *input_shape)`` and an output
+        of class scores ``(batch, n_classes)`` with ``n_classes >= 2``.
+    providers : str or sequence, optional
+        ONNX Runtime execution providers, in order of preference (names, or ``(name, options)``
+        pairs). Default: ``["CUDAExecutionProvider", "CPUExecutionProvider"]`` when
+        ``onnxruntime-gpu`` sees a GPU, else ``["CPUExecutionProvider"]``.
+    input_name : str, optional
+        The graph input to differentiate; required when the graph has several inputs.
+    output_name : str, optional
+        The graph output holding the class scores; required when the graph has several outputs.
+    output : {"auto", "logits", "probabilities", "log_probabilities"}, default "auto"
+        What the output holds. ``"auto"`` reads probabilities when the output comes from a
+        ``Softmax`` node or, on a probe batch, is non-negative with rows summing to 1 (and
+        log-probabilities when it comes from a ``LogSoftmax`` node), logits otherwise; the
+        choice is stored in :attr:`output_kind_` and logged at INFO level.
+    batch_size : int, default 64
+        Inputs per ``InferenceSession.run``; larger batches are processed in chunks.
+    input_shape : tuple of int, optional
+        Shape of one input. Needed only when the graph leaves dimensions other than the batch
+        dimension symbolic (or declares no input shape); otherwise it must agree with the graph.
+
+    Attributes
+    ----------
+    model : onnx.ModelProto
+        The classifier as loaded.
+    input_name, output_name : str
+    output_kind_ : str
+        ``"logits"``, ``"probabilities"`` or ``"log_probabilities"``, as chosen or declared.
+    input_shape : tuple of int
+    n_classes : int
+    dtype : numpy.dtype
+        float32 or float64, the element type of the graph input.
+    providers : list of str
+        The providers the sessions were created with.
+    batch_size : int
+        Inputs per run (the graph's own batch size when it declares a fixed one).
+
+    Raises
+    ------
+    ImportError
+        If onnx, onnxruntime or onnx-ad is missing.
+    TypeError
+        If ``model`` is neither a path nor an ``onnx.ModelProto``.
+    ValueError
+        If the file is missing or not a valid ONNX model; the graph has several inputs and no
+        ``input_name`` (or ``input_name`` / ``output_name`` is not in the graph); the input is
+        not float32/float64; a dimension other than the batch dimension is symbolic and
+        ``input_shape`` is not given; the output is not ``(batch, n_classes)`` with
+        ``n_classes >= 2``; a declared ``output`` kind contradicts what the graph computes; an
+        operation cannot be differentiated by onnx-ad (the message names its type and node); or
+        a provider is not available (the message lists those that are).
+
+    Notes
+    -----
+    **Derivative models.** onnx-ad needs declared shapes (a ``Conv`` in reverse mode, pooling
+    windows), so the wrapper graph is differentiated with every input dimension fixed, batch
+    included. One reverse and one forward model are built per batch size met -- the full
+    ``batch_size`` and the size of a smaller last chunk -- and kept in a small LRU cache (the
+    last chunk is *not* padded: padding a single input to ``batch_size`` would multiply the
+    cost of the one-input calls a spectrum computation makes). A graph that declares a fixed
+    batch size ``b`` is run in chunks of exactly ``b``, the last one padded by repeating its
+    last input.
+
+    **Runs per call** (per chunk of ``batch_size`` inputs): ``probabilities`` one run of the
+    classifier; ``class_gradients`` one reverse run for all requested classes;
+    ``loss_gradient`` one reverse run; ``fisher_vector_product`` of a block of ``k`` directions
+    one forward and one reverse run. Seeds are split over several runs only when one run's
+    derivative output would exceed :attr:`seed_budget` elements.
+
+    **Precision.** Everything is computed in :attr:`dtype`. The gradient of ``-log p_c`` is
+    ``J^T (p - e_c)`` with ``p_c - 1`` formed from ``exp(log p_c)`` (onnx-ad's ``LogSoftmax``
+    rule, the same formula as PyTorch's backward): when ``1 - p_c`` falls below the machine
+    epsilon of :attr:`dtype` the term ``(1 - p_c) J_c`` is lost, so the gradient of a
+    saturated class carries a relative error of order one. ``output="probabilities"`` without
+    a final ``Softmax`` node differentiates ``Log(probs)``: a probability that underflows to 0
+    makes the gradients infinite and the public methods raise.
+
+    References
+    ----------
+    .. [1] C. Zhao, P. T. Fletcher, M. Yu, Y. Peng, G. Zhang, C. Shen, "The Adversarial Attack
+       and Detection under the Fisher Information Metric", AAAI 2019, eqs. 4 and 6.
+    """
+
+    capabilities = frozenset({"probabilities", "class_gradients", "fisher_vector_product",
+                              "loss_gradient"})
+
+    #: Largest derivative output (elements, ``rows * max(d, n_classes) * seeds``) of one run;
+    #: more seeds than that are split over several runs.
+    seed_budget: int = 2 ** 24
+    #: Derivative models (with their sessions) kept per backend.
+    cache_size: int = 16
+
+    def __init__(self, model: Any, *, providers: str | Sequence[Any] | None = None,
+                 input_name: str | None = None, output_name: str | None = None,
+                 output: str = "auto", batch_size: int = 64,
+                 input_shape: Sequence[int] | None = None):
+        onnx, ort, onnx_ad = _frameworks()
+        self._onnx, self._ort, self._onnx_ad = onnx, ort, onnx_ad
+        if not isinstance(output, str) or output not in OUTPUT_KINDS:
+            raise ValueError(f"output must be one of {', '.join(map(repr, OUTPUT_KINDS))}; got {output!r}")
+        if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        self.model, self._source = _load(onnx, model)
+        self._providers = _check_providers(ort, providers)
+
+        graph = self.model.graph
+        self.input_name, dims, elem = _select_input(graph, input_name)
+        if elem not in _DTYPES:
+            raise ValueError(f"model input {self.input_name!r} has element type {_type_name(onnx, elem)}; "
+                             "OnnxBackend differentiates a float32 or float64 input")
+        self.dtype = _DTYPES[elem]
+        batch, shape = _input_dims(self.input_name, dims, input_shape)
+        super().__init__(shape)
+        self._fixed_batch = batch
+        self.batch_size = int(batch if batch is not None else batch_size)
+        self.output_name, out_dims, out_elem = _select_output(graph, output_name)
+        if out_elem not in _DTYPES:
+            raise ValueError(f"model output {self.output_name!r} has element type "
+                             f"{_type_name(onnx, out_elem)}; expected float32 or float64 class scores")
+        if out_dims is not None and (len(out_dims) != 2 or (isinstance(out_dims[1], int) and out_dims[1] < 2)):
+            raise ValueError(f"model output {self.output_name!r} has shape {_dims_str(out_dims)}; expected "
+                             "class scores of shape (batch, n_classes) with n_classes >= 2")
+        self._out_elem = out_elem
+        self.output = output
+        self._opset = max([o.version for o in self.model.opset_import if o.domain in ("", "ai.onnx")] or [1])
+
+        # the classifier itself, for probabilities and the probe batch
+        self._primal = self._session(_with_input_dims(onnx, self.model, self.input_name,
+                                                      [batch if batch is not None else "batch", *shape]),
+                                     "the model", ValueError)
+        self.providers = list(self._primal.get_providers())
+        probe = self._probe()
+        self.n_classes = int(probe.shape[1])
+        self.output_kind_, reason = self._output_kind(output, probe)
+        if output == "auto":
+            logger.info("OnnxBackend: output %r read as %s (%s)", self.output_name, self.output_kind_, reason)
+
+        self._log_p = _fresh_name(graph, "fisher_ref_log_p")
+        self._cache: OrderedDict = OrderedDict()
+        # differentiate now, so that an operation onnx-ad cannot handle fails the constructor
+        first = batch if batch is not None else 1
+        for mode in ("reverse", "forward"):
+            self._derivative(mode, first)
+
+    # ------------------------------------------------------------------ construction helpers
+    def _session(self, model, what: str, error: type = RuntimeError):
+        ort = self._ort
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # ORT warns about every constant it folds away
+        kwargs = {}
+        if _version(ort) < (1, 19):
+            # onnx-ad's README: EliminateIdentity miscompiles some derivative models before 1.19
+            kwargs["disabled_optimizers"] = ["EliminateIdentity"]
+        if self.dtype == np.float64 and _version(ort) < (1, 30):
+            # FusedMatMul (Transpose -> MatMul fusion) has no double kernel before 1.30
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        try:
+            return ort.InferenceSession(model.SerializeToString(), sess_options=options,
+                                        providers=self._providers, **kwargs)
+        except Exception as exc:
+            raise error(f"ONNX Runtime cannot load {what} (providers {self._providers}): {exc}") from exc
+
+    def _probe(self) -> np.ndarray:
+        n = self._fixed_batch or 2
+        x = np.random.default_rng(0).random((n,) + self.input_shape).astype(self.dtype)
+        try:
+            out = self._primal.run([self.output_name], {self.input_name: x})[0]
+        except Exception as exc:
+            raise ValueError(f"ONNX Runtime cannot run the model on a probe batch of shape "
+                             f"{shape_str(x.shape)}: {exc}") from exc
+        out = np.asarray(out)
+        if out.ndim != 2 or out.shape[0] != n or out.shape[1] < 2:
+            raise ValueError(f"model output {self.output_name!r} has shape {shape_str(out.shape)} on a batch of "
+                             f"{n} inputs; expected class scores of shape ({n}, n_classes) with n_classes >= 2")
+        if not np.all(np.isfinite(out)):
+            raise ValueError(f"model output {self.output_name!r} is not finite on a probe batch")
+        return out.astype(np.float64)
+
+    def _final_node(self):
+        """The node producing the output, looking through Identity nodes."""
+        producer = {name: node for node in self.model.graph.node for name in node.output}
+        node = producer.get(self.output_name)
+        while node is not None and node.op_type == "Identity":
+            node = producer.get(node.input[0])
+        return node
+
+    def _softmax_over_classes(self, node) -> bool:
+        if node is None or node.op_type not in ("Softmax", "LogSoftmax"):
+            return False
+        default = -1 if self._opset >= 13 else 1
+        axis = next((a.i for a in node.attribute if a.name == "axis"), default)
+        return axis in (-1, 1)  # the output has rank 2
+
+    def _output_kind(self, output: str, probe: np.ndarray) -> tuple[str, str]:
+        node = self._final_node()
+        final = node.op_type if self._softmax_over_classes(node) else None
+        tol = 10 * self.n_classes * float(np.finfo(self.dtype).eps)
+        sums_to_one = bool(np.all(probe >= 0) and np.all(np.abs(probe.sum(axis=1) - 1) <= tol))
+        if output == "auto":
+            if final == "Softmax":
+                return "probabilities", f"it comes from the Softmax node {node.name or node.output[0]!r}"
+            if final == "LogSoftmax":
+                return "log_probabilities", f"it comes from the LogSoftmax node {node.name or node.output[0]!r}"
+            if sums_to_one:
+                return "probabilities", "on a probe batch it is non-negative with rows summing to 1"
+            return "logits", "no final Softmax, and on a probe batch its rows are not probabilities"
+        if output == "probabilities" and not sums_to_one:
+            raise ValueError(f"output='probabilities', but model output {self.output_name!r} is not a probability "
+                             f"vector on a probe batch (min {probe.min():.3g}, row sums in "
+                             f"[{probe.sum(1).min():.6g}, {probe.sum(1).max():.6g}]); declare output='logits'")
+        if output == "log_probabilities":
+            lse = np.log(np.exp(probe - probe.max(1, keepdims=True)).sum(1)) + probe.max(1)
+            if not np.all(np.abs(lse) <= tol * max(1.0, float(np.abs(probe).max()))):
+                raise ValueError(f"output='log_probabilities', but exp of model output {self.output_name!r} does "
+                                 "not sum to 1 on a probe batch; declare output='logits'")
+        return output, "declared"
+
+    # ------------------------------------------------------------------ derivative models
+    def _log_prob_model(self, batch: int):
+        """The classifier with input dims fixed and one output: log p, shape (batch, C)."""
+        onnx = self._onnx
+        helper = onnx.helper
+        model = _with_input_dims(onnx, self.model, self.input_name, [batch, *self.input_shape])
+        graph = model.graph
+        z, node, kind = self.output_name, self._final_node(), self.output_kind_
+        final = node.op_type if self._softmax_over_classes(node) else None
+        if (kind, final) in (("probabilities", "Softmax"), ("log_probabilities", "LogSoftmax")):
+            # log-softmax of the final (Log)Softmax's input: no log(0), and no (Log)Softmax
+            # node that onnx-ad refuses before opset 13
+            graph.node.extend(_log_softmax_nodes(helper, graph, node.input[0], self._log_p, self._opset))
+        elif kind == "probabilities":
+            graph.node.append(helper.make_node("Log", [z], [self._log_p], name=self._log_p))
+        else:
+            # logits; log-probabilities are their own log-softmax, which also renormalizes them
+            graph.node.extend(_log_softmax_nodes(helper, graph, z, self._log_p, self._opset))
+        del graph.output[:]
+        graph.output.append(helper.make_tensor_value_info(self._log_p, self._out_elem, [batch, self.n_classes]))
+        _prune(onnx, graph, self._log_p)  # forward mode would differentiate dead nodes too
+        try:  # shapes through Shape -> Reshape chains help onnx-ad place its seed axis
+            model = onnx.shape_inference.infer_shapes(model, data_prop=True)
+        except Exception:  # pragma: no cover - inference is a convenience
+            pass
+        return model
+
+    def _derivative(self, mode: str, batch: int) -> _Derivative:
+        key = (mode, batch)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        base = self._log_prob_model(batch)
+        transform = self._onnx_ad.reverse if mode == "reverse" else self._onnx_ad.forward
+        try:
+            model = transform(base, inputs=[self.input_name], outputs=[self._log_p], layout="onnx")
+        except Exception as exc:
+            raise _ad_error(self._onnx_ad, exc, mode) from exc
+        d = _Derivative(model, model.graph.input[-1].name, model.graph.output[-1].name)
+        self._cache[key] = d
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return d
+
+    def _run(self, mode: str, x: np.ndarray, seeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(log p (rows, C), derivative)`` of one derivative run on a chunk of inputs."""
+        rows = x.shape[0]
+        if self._fixed_batch is not None and rows < self._fixed_batch:
+            fill = self._fixed_batch - rows
+            x = np.concatenate([x, np.repeat(x[-1:], fill, axis=0)])
+            seeds = np.concatenate([seeds, np.zeros((fill,) + seeds.shape[1:], seeds.dtype)])
+        d = self._derivative(mode, x.shape[0])
+        if d.session is None:
+            d.session = self._session(d.model, f"the {mode}-mode derivative model")
+        log_p, out = d.session.run([self._log_p, d.output], {
+            self.input_name: np.ascontiguousarray(x, dtype=self.dtype),
+            d.seed: np.ascontiguousarray(seeds, dtype=self.dtype)})
+        return np.asarray(log_p[:rows], dtype=np.float64), out[:rows]
+
+    def _chunks(self, n: int):
+        for start in range(0, n, self.batch_size):
+            yield slice(start, min(start + self.batch_size, n))
+
+    def _seed_step(self, rows: int) -> int:
+        per_seed = rows * max(self.n_features, self.n_classes)
+        return max(1, self.seed_budget // per_seed)
+
+    # ------------------------------------------------------------------ the protocol
+    def _probabilities(self, x: np.ndarray) -> np.ndarray:
+        out = np.empty((x.shape[0], self.n_classes))
+        for sl in self._chunks(x.shape[0]):
+            xc = x[sl].astype(self.dtype)
+            rows = xc.shape[0]
+            if self._fixed_batch is not None and rows < self._fixed_batch:
+                xc = np.concatenate([xc, np.repeat(xc[-1:], self._fixed_batch - rows, axis=0)])
+            z = np.asarray(self._primal.run([self.output_name], {self.input_name: xc})[0][:rows], np.float64)
+            if self.output_kind_ == "probabilities":
+                out[sl] = z
+            else:
+                z = z - z.max(axis=1, keepdims=True)
+                e = np.exp(z)
+                out[sl] = e / e.sum(axis=1, keepdims=True)
+        return out
+
+    def _class_gradients(self, x: np.ndarray, classes: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        C = self.n_classes
+        cls = np.arange(C) if classes is None else np.asarray(classes, dtype=np.int64)
+        n, m = x.shape[0], cls.size
+        probs = np.empty((n, C))
+        grads = np.empty((n, m) + self.input_shape, dtype=self.dtype)
+        for sl in self._chunks(n):
+            rows = sl.stop - sl.start
+            step = self._seed_step(rows)
+            for s0 in range(0, m, step):
+                sub = cls[s0:s0 + step]
+                seeds = np.zeros((rows, C, sub.size), dtype=self.dtype)
+                seeds[:, sub, np.arange(sub.size)] = -1  # adjoint of -log p_c
+                log_p, adj = self._run("reverse", x[sl], seeds)
+                probs[sl] = np.exp(log_p)
+                grads[sl, s0:s0 + sub.size] = np.moveaxis(adj, -1, 1)
+        return probs, grads
+
+    def _loss_gradient(self, x: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        n, C = x.shape[0], self.n_classes
+        probs = np.empty((n, C))
+        grads = np.empty(x.shape, dtype=self.dtype)
+        for sl in self._chunks(n):
+            rows = sl.stop - sl.start
+            seeds = np.zeros((rows, C, 1), dtype=self.dtype)
+            seeds[np.arange(rows), labels[sl], 0] = -1
+            log_p, adj = self._run("reverse", x[sl], seeds)
+            probs[sl], grads[sl] = np.exp(log_p), adj[..., 0]
+        return probs, grads
+
+    def _fisher_vector_product(self, x: np.ndarray, v: np.ndarray) -> np.ndarray:
+        n, k = v.shape[:2]
+        out = np.empty(v.shape, dtype=self.dtype)
+        for sl in self._chunks(n):
+            rows = sl.stop - sl.start
+            step = self._seed_step(rows)
+            for k0 in range(0, k, step):
+                block = np.moveaxis(v[sl, k0:k0 + step], 1, -1)  # (rows, *input_shape, k)
+                log_p, u = self._run("forward", x[sl], block)  # u = J_logp v, (rows, C, k)
+                w = np.exp(log_p)[:, :, None] * u  # (diag p) J_logp v
+                _, gv = self._run("reverse", x[sl], w)  # J_logp^T diag(p) J_logp v = G v
+                out[sl, k0:k0 + block.shape[-1]] = np.moveaxis(gv, -1, 1)
+        return out
+
+    def __repr__(self) -> str:
+        return (f"OnnxBackend({self._source}, input_name={self.input_name!r}, output_name={self.output_name!r}, "
+                f"output_kind={self.output_kind_!r}, input_shape={shape_str(self.input_shape)}, "
+                f"n_classes={self.n_classes}, dtype={self.dtype.name}, providers={self.providers})")
+
+
+# ---------------------------------------------------------------------- graph helpers
+def _load(onnx, model):
+    """``(ModelProto, description)`` from a path or a ModelProto, checked."""
+    if isinstance(model, onnx.ModelProto):
+        proto, source = model, f"<ModelProto {model.graph.name or 'graph'!r}>"
+        path = None
+    elif isinstance(model, (str, os.PathLike)):
+        path = os.fspath(model)
+        if not os.path.isfile(path):
+            raise ValueError(f"model: no such ONNX file {path!r}")
+        try:
+            proto = onnx.load(path)
+        except Exception as exc:
+            raise ValueError(f"model: {path!r} is not an ONNX model or is corrupt "
+                             f"({type(exc).__name__}: {exc})") from exc
+        source = repr(path)
+    else:
+        raise TypeError(f"model must be a path (str or os.PathLike) or an onnx.ModelProto, "
+                        f"got {type(model).__name__}")
+    try:
+        onnx.checker.check_model(proto)
+    except Exception as exc:
+        what = repr(path) if path is not None else "the ModelProto"
+        raise ValueError(f"model: {what} is not a valid ONNX model or is corrupt "
+                         f"({type(exc).__name__}: {exc})") from exc
+    if not proto.graph.node:
+        raise ValueError("model: the ONNX graph has no nodes")
+    return proto, source
+
+
+def _check_providers(ort, providers) -> list:
+    available = list(ort.get_available_providers())
+    if providers is None:
+        if "CUDAExecutionProvider" in available:
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        return ["CPUExecutionProvider"]
+    chosen = [providers] if isinstance(providers, str) else list(providers)
+    if not chosen:
+        raise ValueError(f"providers must name at least one execution provider; available: {available}")
+    names = []
+    for p in chosen:
+        name = p[0] if isinstance(p, tuple) and len(p) == 2 else p
+        if not isinstance(name, str):
+            raise TypeError(f"providers must be provider names or (name, options) pairs, got {p!r}")
+        names.append(name)
+    missing = [n for n in names if n not in available]
+    if missing:
+        raise ValueError(f"providers {missing} are not available in this onnxruntime installation; "
+                         f"available providers: {available}")
+    return chosen
+
+
+def _dims(value) -> list | None:
+    """Declared dims: int for a fixed one, the parameter name (or None) for a symbolic one."""
+    tt = value.type.tensor_type
+    if not tt.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or None)
+            for d in tt.shape.dim]
+
+
+def _dims_str(dims) -> str:
+    return "(" + ", ".join(str(d) if d is not None else "?" for d in dims) + ("," if len(dims) == 1 else "") + ")"
+
+
+def _type_name(onnx, elem: int) -> str:
+    try:
+        return onnx.TensorProto.DataType.Name(elem)
+    except ValueError:
+        return str(elem)
+
+
+def _select_input(graph, input_name):
+    constants = {t.name for t in graph.initializer}
+    real = [v.name for v in graph.input if v.name not in constants]
+    by_name = {v.name: v for v in graph.input}
+    if input_name is None:
+        if len(real) != 1:
+            if not real:
+                raise ValueError("model has no graph input to differentiate")
+            raise ValueError(f"model has {len(real)} graph inputs {real}; pass input_name= to choose the "
+                             "classifier's input")
+        input_name = real[0]
+    elif not isinstance(input_name, str) or input_name not in by_name:
+        raise ValueError(f"input_name {input_name!r} is not a graph input of the model; its inputs are {real}")
+    others = [n for n in real if n != input_name]
+    if others:
+        raise ValueError(f"model has graph inputs {others} besides input_name {input_name!r}; OnnxBackend feeds "
+                         "one input only: bake the others into the graph as initializers")
+    value = by_name[input_name]
+    return input_name, _dims(value), value.type.tensor_type.elem_type
+
+
+def _select_output(graph, output_name):
+    names = [v.name for v in graph.output]
+    if output_name is None:
+        if len(names) != 1:
+            raise ValueError(f"model has {len(names)} graph outputs {names}; pass output_name= to choose the "
+                             "class scores")
+        output_name = names[0]
+    elif not isinstance(output_name, str) or output_name not in names:
+        raise ValueError(f"output_name {output_name!r} is not a graph output of the model; its outputs are {names}")
+    value = next(v for v in graph.output if v.name == output_name)
+    return output_name, _dims(value), value.type.tensor_type.elem_type
+
+
+def _input_dims(name: str, dims, input_shape) -> tuple[int | None, tuple[int, ...]]:
+    """``(fixed batch size or None, input_shape)`` from the declared dims and ``input_shape=``."""
+    given = None
+    if input_shape is not None:
+        try:
+            given = tuple(int(s) for s in input_shape)
+        except Exception as exc:
+            raise TypeError(f"input_shape must be a tuple of positive ints, got {input_shape!r}") from exc
+        if not given or any(s <= 0 for s in given):
+            raise ValueError(f"input_shape must be a non-empty tuple of positive ints, got {input_shape!r}")
+    if dims is None:
+        if given is None:
+            raise ValueError(f"model input {name!r} declares no shape, so input_shape cannot be inferred: "
+                             "pass input_shape= (the shape of one input, without the batch axis)")
+        return None, given
+    if len(dims) < 2:
+        raise ValueError(f"model input {name!r} has shape {_dims_str(dims)}; expected a batch axis followed by "
+                         "the shape of one input")
+    batch = dims[0] if isinstance(dims[0], int) else None
+    rest = dims[1:]
+    if given is not None:
+        if len(given) != len(rest) or any(isinstance(d, int) and d != g for d, g in zip(rest, given)):
+            raise ValueError(f"input_shape {given} disagrees with model input {name!r} of shape {_dims_str(dims)}")
+        return batch, given
+    dynamic = [(i + 1, d) for i, d in enumerate(rest) if not isinstance(d, int)]
+    if dynamic:
+        i, d = dynamic[0]
+        what = f"{d!r}" if d else "unnamed"
+        raise ValueError(f"model input {name!r} has shape {_dims_str(dims)}: dimension {i} ({what}) is dynamic, "
+                         "so input_shape cannot be inferred from the graph: pass input_shape= (the shape of one "
+                         "input, without the batch axis)")
+    return batch, tuple(rest)
+
+
+def _with_input_dims(onnx, model, input_name: str, dims: Sequence[int | str]):
+    """A copy of ``model`` whose input has exactly ``dims`` and whose stale shapes are cleared."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    value = next(v for v in graph.input if v.name == input_name)
+    shape = value.type.tensor_type.shape
+    shape.ClearField("dim")
+    for d in dims:
+        dim = shape.dim.add()
+        if isinstance(d, str):
+            dim.dim_param = d
+        else:
+            dim.dim_value = int(d)
+    del graph.value_info[:]  # intermediate shapes inferred for the old dims
+    return out
+
+
+def _reads(onnx, node) -> set:
+    """Names a node reads: its inputs and everything named inside its subgraphs (a superset of
+    what they capture from the outer scope, which is all pruning needs)."""
+    names = {n for n in node.input if n}
+    for attr in node.attribute:
+        graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+        for g in graphs:
+            names.update(v.name for v in g.output)
+            for inner in g.node:
+                names |= _reads(onnx, inner)
+    return names
+
+
+def _prune(onnx, graph, output: str) -> None:
+    """Keep only the nodes (and initializers) that ``output`` depends on."""
+    needed, keep = {output}, []
+    for i in range(len(graph.node) - 1, -1, -1):
+        node = graph.node[i]
+        if any(name in needed for name in node.output if name):
+            keep.append(i)
+            needed |= _reads(onnx, node)
+    nodes = [graph.node[i] for i in reversed(keep)]
+    inputs = {v.name for v in graph.input}
+    inits = [t for t in graph.initializer if t.name in needed or t.name in inputs]
+    nodes, inits = [_copy(n) for n in nodes], [_copy(t) for t in inits]
+    del graph.node[:], graph.initializer[:]
+    graph.node.extend(nodes)
+    graph.initializer.extend(inits)
+
+
+def _copy(message):
+    out = type(message)()
+    out.CopyFrom(message)
+    return out
+
+
+def _fresh_name(graph, stem: str) -> str:
+    taken = {v.name for v in list(graph.input) + list(graph.output) + list(graph.value_info)}
+    taken.update(t.name for t in graph.initializer)
+    taken.update(n for node in graph.node for n in node.output)
+    name, i = stem, 0
+    while name in taken:
+        i += 1
+        name = f"{stem}_{i}"
+    return name
+
+
+def _log_softmax_nodes(helper, graph, z: str, out: str, opset: int) -> list:
+    """log softmax over axis 1 of a (batch, C) tensor ``z``.
+
+    onnx-ad refuses LogSoftmax before opset 13 (it flattened its input to 2-D then), so older
+    graphs get ``z - ReduceLogSumExp(z)``, which has a rule in both modes at every opset.
+    """
+    if opset >= 13:
+        return [helper.make_node("LogSoftmax", [z], [out], axis=-1, name=out)]
+    lse = _fresh_name(graph, out + "_lse")
+    return [helper.make_node("ReduceLogSumExp", [z], [lse], axes=[1], keepdims=1, name=lse),
+            helper.make_node("Sub", [z, lse], [out], name=out)]
+
+
+def _ad_error(onnx_ad, exc: Exception, mode: str) -> ValueError:
+    """A ValueError naming the operation onnx-ad could not differentiate."""
+    node = None
+    tb = exc.__traceback__
+    while tb is not None:  # the innermost onnx-ad frame that holds the node being differentiated
+        candidate = tb.tb_frame.f_locals.get("node")
+        if type(candidate).__name__ == "NodeProto":
+            node = candidate
+        tb = tb.tb_next
+    version = getattr(onnx_ad, "__version__", "?")
+    kind = "" if isinstance(exc, onnx_ad.UnsupportedOperator) else f"{type(exc).__name__}: "
+    if node is not None:
+        name = node.name or (node.output[0] if node.output else "")
+        return ValueError(f"model: onnx-ad {version} cannot differentiate operator {node.op_type} "
+                          f"(node {name!r}) in {mode} mode: {kind}{exc}")
+    return ValueError(f"model: onnx-ad {version} cannot differentiate the model in {mode} mode: {kind}{exc}")
