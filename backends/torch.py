@@ -518,3 +518,53 @@ class TorchBackend(Backend):
         shp = None if self.input_shape is None else shape_str(self.input_shape)
         return (f"TorchBackend({type(self.model).__name__}, output={self.output!r}, device='{self.device}', "
                 f"dtype={self.torch_dtype}, input_shape={shp}, n_classes={self.n_classes})")
+
+
+def export_onnx(model: Any, input_shape: Sequence[int], path: Any = None, *, dtype: Any = None,
+                opset: int = 17, batch: int | None = None):
+    """Export a torch classifier to ONNX for :class:`~fisher_ref.backends.OnnxBackend`.
+
+    Uses the TorchScript exporter (``torch.onnx.export(..., dynamo=False)``; the dynamo exporter
+    needs ``onnxscript``) with ``do_constant_folding=False`` so BatchNorm stays its own node.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Put in eval mode on a copy; the caller's model is not modified.
+    input_shape : tuple of int
+        Shape of one input.
+    path : str or os.PathLike, optional
+        Where to write the .onnx file; without it the ``onnx.ModelProto`` is returned.
+    dtype : torch.dtype, optional
+        Export precision (default: the model's).
+    opset : int
+        ONNX opset (>= 13 for onnx-ad's Softmax rules).
+    batch : int, optional
+        A fixed batch size; default a dynamic batch axis named "batch". Input "x", output "y".
+
+    Returns
+    -------
+    onnx.ModelProto, or the path written.
+    """
+    import io
+    import os
+    import warnings
+
+    torch = _import_torch()
+    onnx = importlib.import_module("onnx")
+    m = copy.deepcopy(model).eval()
+    if dtype is not None:
+        m = m.to(dtype)
+    dt = dtype or next((p.dtype for p in m.parameters()), torch.float32)
+    x = torch.zeros((batch or 2,) + tuple(int(s) for s in input_shape), dtype=dt)
+    dynamic = None if batch is not None else {"x": {0: "batch"}, "y": {0: "batch"}}
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated in torch >= 2.9
+        torch.onnx.export(m, (x,), buf, dynamo=False, opset_version=opset, input_names=["x"], output_names=["y"],
+                          dynamic_axes=dynamic, do_constant_folding=False)
+    proto = onnx.load_from_string(buf.getvalue())
+    if path is None:
+        return proto
+    onnx.save(proto, os.fspath(path))
+    return path

@@ -89,15 +89,9 @@ class MLP(torch.nn.Module):
 def export(module: torch.nn.Module, input_shape, *, dtype=torch.float32, batch: int | None = None,
            opset: int = OPSET) -> onnx.ModelProto:
     """Export with the TorchScript exporter; a dynamic batch axis unless ``batch`` is given."""
-    module = module.to(dtype).eval()
-    x = torch.zeros((batch or 2,) + tuple(input_shape), dtype=dtype)
-    dynamic = None if batch is not None else {"x": {0: "batch"}, "y": {0: "batch"}}
-    f = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated in torch >= 2.9
-        torch.onnx.export(module, (x,), f, dynamo=False, opset_version=opset, input_names=["x"],
-                          output_names=["y"], dynamic_axes=dynamic, do_constant_folding=False)
-    return onnx.load_from_string(f.getvalue())
+    from fisher_ref.backends.torch import export_onnx
+
+    return export_onnx(module.to(dtype), input_shape, dtype=dtype, batch=batch, opset=opset)
 
 
 # ---------------------------------------------------------------------- one operation at a time
