@@ -16,7 +16,29 @@ if TYPE_CHECKING:  # pragma: no cover
     from .onnxruntime import OnnxBackend
     from .torch import TorchBackend
 
-__all__ = ["LogisticRegressionModel", "MLPModel", "TorchBackend", "OnnxBackend"]
+__all__ = ["LogisticRegressionModel", "MLPModel", "TorchBackend", "OnnxBackend", "bundled_path", "bundled_mnist_mlp"]
+
+BUNDLED = ("mnist_mlp_tanh.npz", "mnist_mlp_tanh.onnx", "mnist_lenet.onnx", "mnist_lenet.pt", "mnist_sample.npz")
+
+
+def bundled_path(name: str):
+    """Path of a file bundled in ``fisher_ref/data`` (models the project trained; see its README.md).
+
+    ``name`` is one of ``mnist_mlp_tanh.npz`` (784-100-10 tanh MLP, NumPy weights),
+    ``mnist_mlp_tanh.onnx`` (the same MLP), ``mnist_lenet.onnx`` and ``mnist_lenet.pt`` (LeNet-5 with
+    dropout, ONNX and torch state dict) or ``mnist_sample.npz`` (500 MNIST test images).
+    """
+    from importlib import resources
+    from pathlib import Path
+
+    if name not in BUNDLED:
+        raise ValueError(f"name must be one of {BUNDLED}, got {name!r}")
+    return Path(str(resources.files("fisher_ref") / "data" / name))
+
+
+def bundled_mnist_mlp() -> MLPModel:
+    """The bundled MNIST MLP (784-100-10, tanh, 97.4% test accuracy) as a NumPy reference backend."""
+    return MLPModel.load(bundled_path("mnist_mlp_tanh.npz"))
 
 _LAZY = {"TorchBackend": ".torch", "OnnxBackend": ".onnxruntime"}
 

@@ -3,30 +3,19 @@
 from __future__ import annotations
 
 import time
-from importlib import resources
-
 import numpy as np
 
 from ._attacks import fgm, least_perturbation, ossa
 from ._operators import fisher_matrix
 from ._spectrum import fisher_spectrum
 
-BUNDLED_MLP = "mnist_mlp_tanh.npz"
-
-
-def bundled_mlp():
-    """The bundled MNIST MLP (784-100-10, tanh) as a NumPy reference backend."""
-    from .backends import MLPModel
-
-    with resources.as_file(resources.files("fisher_ref") / "data" / BUNDLED_MLP) as path:
-        return MLPModel.load(path)
-
-
 def run_demo(n: int = 200, epsilons=(0.5, 1.0, 2.0, 3.0), k: int = 10, seed: int = 0, out=print) -> dict:
     """Run the demo on ``n`` bundled MNIST test images and print what it did; returns the numbers."""
     from .datasets import load_bundled_mnist
 
-    model = bundled_mlp()
+    from .backends import bundled_mnist_mlp
+
+    model = bundled_mnist_mlp()
     x, y = load_bundled_mnist()
     idx = np.random.default_rng(seed).choice(len(x), size=min(n, len(x)), replace=False)
     x, y = x[idx], y[idx]
