@@ -244,7 +244,9 @@ def ossa(x: Any, backend: Any, *, epsilon: float | Sequence[float], labels: Any 
     with unit ``v1``. Since both :math:`\\pm v_1` are eigenvectors, the sign follows Algorithm 1
     (line 8): ``eta = epsilon v1``, replaced by ``-eta`` when the loss
     :math:`J(x + \\eta) = -\\log p_y(x + \\eta)` does not exceed :math:`J(x)`. The loss is compared
-    at the unclipped ``x + eta`` as in the algorithm. Where G is zero (a saturated prediction)
+    at the unclipped ``x + eta`` as in the algorithm. When the loss increases in both directions
+    (or in neither), the rule keeps the starting sign: fisher_ref starts from the eigenvector whose
+    largest-magnitude entry is positive, so the result is deterministic. Where G is zero (a saturated prediction)
     there is no direction: eta is zero there and a :class:`DegenerateSpectrumWarning` is issued.
 
     References
