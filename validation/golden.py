@@ -220,7 +220,7 @@ def check_library(root: Path = GOLDEN_DIR) -> list[dict]:
     for case in golden_cases(root):
         backend = load_backend(case)
         report = assert_fisher_close(backend, case)
-        rows.append({"case": case.name, **report})
+        rows.append({"case": case.name, "dtype": str(np.dtype(backend.dtype)), **report})
     return rows
 
 
@@ -234,7 +234,8 @@ def main(argv=None) -> int:
         print(f"wrote {len(names)} golden cases into {GOLDEN_DIR}: {', '.join(names)}")
     rows = check_library()
     for r in rows:
-        print(f"{r['case']:24s} " + "  ".join(f"{q} {v:.1e}" for q, v in r.items() if q != "case"))
+        print(f"{r['case']:24s} {r['dtype']}  " + "  ".join(f"{q} {v:.1e}" for q, v in r.items()
+                                                          if q not in ("case", "dtype")))
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=1))
     print(f"golden cases: {len(rows)} agree within their tolerances")
