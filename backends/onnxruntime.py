@@ -149,13 +149,13 @@ class OnnxBackend(Backend):
     trailing axis of one run; ONNX Runtime executes that layout several times slower on
     convolutions, so it is not used.)
 
-    **Precision.** Everything is computed in :attr:`dtype`. The gradient of ``-log p_c`` is
-    ``J^T (p - e_c)`` with ``p_c - 1`` formed from ``exp(log p_c)`` (onnx-ad's ``LogSoftmax``
-    rule, the same formula as PyTorch's backward): when ``1 - p_c`` falls below the machine
-    epsilon of :attr:`dtype` the term ``(1 - p_c) J_c`` is lost, so the gradient of a
-    saturated class carries a relative error of order one. ``output="probabilities"`` without
-    a final ``Softmax`` node differentiates ``Log(probs)``: a probability that underflows to 0
-    makes the gradients infinite and the public methods raise.
+    **Precision.** The graphs run in :attr:`dtype`; the derivatives are taken of the scores s
+    (the logits, or the input of a final Softmax) and the softmax algebra is done in float64
+    outside the graph, as in the torch backend: the gradient of ``-log p_c`` is ``J^T (p - e_c)``
+    with ``p_c - 1 = expm1(log p_c)`` from a log-softmax that keeps a dominant class's
+    ``log p_c`` accurate, so a saturated class's gradient keeps its relative accuracy.
+    ``output="probabilities"`` without a final ``Softmax`` node differentiates ``Log(probs)``: a
+    probability that underflows to 0 makes the gradients infinite and the public methods raise.
 
     References
     ----------
@@ -296,7 +296,14 @@ class OnnxBackend(Backend):
 
     # ------------------------------------------------------------------ derivative models
     def _log_prob_model(self, batch: int):
-        """The classifier with input dims fixed and one output: log p, shape (batch, C)."""
+        """The classifier with input dims fixed and one output, the scores s with
+        ``log p = log_softmax(s)``, shape (batch, C): the logits (also those feeding a final
+        Softmax / LogSoftmax node), the log of probabilities, or log-probabilities.
+
+        The derivatives are taken of s, and the softmax algebra (seeds ``p - e_c`` with
+        ``p_c - 1 = expm1(log p_c)``, ``(diag p - pp^T) u``) is done in float64 outside the graph,
+        as the torch backend does: the gradient of a saturated class keeps its relative accuracy.
+        """
         onnx = self._onnx
         helper = onnx.helper
         model = _with_input_dims(onnx, self.model, self.input_name, [batch, *self.input_shape])
@@ -304,14 +311,12 @@ class OnnxBackend(Backend):
         z, node, kind = self.output_name, self._final_node(), self.output_kind_
         final = node.op_type if self._softmax_over_classes(node) else None
         if (kind, final) in (("probabilities", "Softmax"), ("log_probabilities", "LogSoftmax")):
-            # log-softmax of the final (Log)Softmax's input: no log(0), and no (Log)Softmax
-            # node that onnx-ad refuses before opset 13
-            graph.node.extend(_log_softmax_nodes(helper, graph, node.input[0], self._log_p, self._opset))
+            # the final (Log)Softmax's input: no log(0), and no (Log)Softmax node for onnx-ad
+            graph.node.append(helper.make_node("Identity", [node.input[0]], [self._log_p], name=self._log_p))
         elif kind == "probabilities":
             graph.node.append(helper.make_node("Log", [z], [self._log_p], name=self._log_p))
-        else:
-            # logits; log-probabilities are their own log-softmax, which also renormalizes them
-            graph.node.extend(_log_softmax_nodes(helper, graph, z, self._log_p, self._opset))
+        else:  # logits; log-probabilities are scores too (log_softmax renormalises them)
+            graph.node.append(helper.make_node("Identity", [z], [self._log_p], name=self._log_p))
         del graph.output[:]
         graph.output.append(helper.make_tensor_value_info(self._log_p, self._out_elem, [batch, self.n_classes]))
         _prune(onnx, graph, self._log_p)  # forward mode would differentiate dead nodes too
@@ -327,12 +332,15 @@ class OnnxBackend(Backend):
             self._cache.move_to_end(key)
             return self._cache[key]
         base = self._log_prob_model(batch)
-        transform = self._onnx_ad.reverse if mode == "reverse" else self._onnx_ad.forward
-        try:
-            model = transform(base, inputs=[self.input_name], outputs=[self._log_p], layout="onnx")
-        except Exception as exc:
-            raise _ad_error(self._onnx_ad, exc, mode) from exc
-        d = _Derivative(model, model.graph.input[-1].name, model.graph.output[-1].name)
+        if mode == "scores":  # the scores themselves, no derivative
+            d = _Derivative(base, None, self._log_p)
+        else:
+            transform = self._onnx_ad.reverse if mode == "reverse" else self._onnx_ad.forward
+            try:
+                model = transform(base, inputs=[self.input_name], outputs=[self._log_p], layout="onnx")
+            except Exception as exc:
+                raise _ad_error(self._onnx_ad, exc, mode) from exc
+            d = _Derivative(model, model.graph.input[-1].name, model.graph.output[-1].name)
         self._cache[key] = d
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
@@ -352,6 +360,17 @@ class OnnxBackend(Backend):
             self.input_name: np.ascontiguousarray(x, dtype=self.dtype),
             d.seed: np.ascontiguousarray(seeds, dtype=self.dtype)})
         return np.asarray(log_p[:rows], dtype=np.float64), out[:rows]
+
+    def _scores(self, x: np.ndarray) -> np.ndarray:
+        """The scores s (log p = log_softmax(s)) of one chunk of inputs."""
+        rows = x.shape[0]
+        if self._fixed_batch is not None and rows < self._fixed_batch:
+            x = np.concatenate([x, np.repeat(x[-1:], self._fixed_batch - rows, axis=0)])
+        d = self._derivative("scores", x.shape[0])
+        if d.session is None:
+            d.session = self._session(d.model, "the scores model")
+        out = d.session.run([self._log_p], {self.input_name: np.ascontiguousarray(x, dtype=self.dtype)})[0]
+        return np.asarray(out[:rows], dtype=np.float64)
 
     def _chunks(self, n: int):
         for start in range(0, n, self.batch_size):
@@ -392,34 +411,33 @@ class OnnxBackend(Backend):
             parts.append(out[..., 0])
         return np.concatenate(parts_lp), np.concatenate(parts)
 
+    def _log_softmax(self, x: np.ndarray) -> np.ndarray:
+        """float64 log p of a batch from one run of the scores graph (chunked)."""
+        out = np.empty((x.shape[0], self.n_classes))
+        for sl in self._chunks(x.shape[0]):
+            out[sl] = _log_softmax64(self._scores(x[sl]))
+        return out
+
     def _class_gradients(self, x: np.ndarray, classes: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         C = self.n_classes
         cls = np.arange(C) if classes is None else np.asarray(classes, dtype=np.int64)
         n, m = x.shape[0], cls.size
-        probs = np.empty((n, C))
+        logp = self._log_softmax(x)
         grads = np.empty((n, m) + self.input_shape, dtype=self.dtype)
         rows_per = max(1, self.batch_size // m)  # inputs per block of stacked (input, class) rows
         for s in range(0, n, rows_per):
-            xs = x[s:s + rows_per]
+            xs, lp = x[s:s + rows_per], logp[s:s + rows_per]
             rows = xs.shape[0]
-            seeds = np.zeros((rows, m, C, 1), dtype=self.dtype)
-            seeds[:, np.arange(m), cls, 0] = -1  # adjoint of -log p_c
-            log_p, adj = self._run_stacked("reverse", np.repeat(xs, m, axis=0), seeds.reshape(rows * m, C, 1))
-            probs[s:s + rows] = np.exp(log_p[::m])
+            seeds = _softmax_seeds64(lp, cls)  # (rows, m, C): p - e_c, the score-gradient of -log p_c
+            _, adj = self._run_stacked("reverse", np.repeat(xs, m, axis=0), seeds.reshape(rows * m, C, 1))
             grads[s:s + rows] = adj.reshape((rows, m) + self.input_shape)
-        return probs, grads
+        return np.exp(logp), grads
 
     def _loss_gradient(self, x: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        n, C = x.shape[0], self.n_classes
-        probs = np.empty((n, C))
-        grads = np.empty(x.shape, dtype=self.dtype)
-        for sl in self._chunks(n):
-            rows = sl.stop - sl.start
-            seeds = np.zeros((rows, C, 1), dtype=self.dtype)
-            seeds[np.arange(rows), labels[sl], 0] = -1
-            log_p, adj = self._run("reverse", x[sl], seeds)
-            probs[sl], grads[sl] = np.exp(log_p), adj[..., 0]
-        return probs, grads
+        logp = self._log_softmax(x)
+        seeds = np.stack([_softmax_seeds64(logp[j:j + 1], labels[j:j + 1])[0, 0] for j in range(x.shape[0])])
+        _, adj = self._run_stacked("reverse", x, seeds[:, :, None])
+        return np.exp(logp), adj
 
     def _fisher_vector_product(self, x: np.ndarray, v: np.ndarray) -> np.ndarray:
         n, k = v.shape[:2]
@@ -429,8 +447,13 @@ class OnnxBackend(Backend):
             xs, vs = x[s:s + rows_per], v[s:s + rows_per]
             rows = xs.shape[0]
             xr = np.repeat(xs, k, axis=0)
-            log_p, u = self._run_stacked("forward", xr, vs.reshape((rows * k,) + self.input_shape + (1,)))
-            w = np.exp(log_p) * u  # (diag p) J_logp v; J_logp^T of it is G v
+            scores, u = self._run_stacked("forward", xr, vs.reshape((rows * k,) + self.input_shape + (1,)))
+            logp = _log_softmax64(scores)
+            p = np.exp(logp)
+            # (diag p - pp^T) u = p * (u - p.u), with u shifted by its top-class entry (exact as sum p = 1)
+            top = logp.argmax(axis=1)
+            du = np.asarray(u, dtype=np.float64) - np.asarray(u, dtype=np.float64)[np.arange(len(top)), top][:, None]
+            w = p * (du - (p * du).sum(axis=1, keepdims=True))
             _, gv = self._run_stacked("reverse", xr, w[..., None])
             out[s:s + rows] = gv.reshape((rows, k) + self.input_shape)
         return out
@@ -439,6 +462,28 @@ class OnnxBackend(Backend):
         return (f"OnnxBackend({self._source}, input_name={self.input_name!r}, output_name={self.output_name!r}, "
                 f"output_kind={self.output_kind_!r}, input_shape={shape_str(self.input_shape)}, "
                 f"n_classes={self.n_classes}, dtype={self.dtype.name}, providers={self.providers})")
+
+
+# ---------------------------------------------------------------------- float64 softmax algebra
+def _log_softmax64(s: np.ndarray) -> np.ndarray:
+    """log softmax in float64, ``log(sum exp)`` as ``log1p`` of the non-maximal terms, so that log p of
+    a dominant class keeps its relative accuracy (tiny, not 0)."""
+    s = np.asarray(s, dtype=np.float64)
+    top = s.argmax(axis=1)[:, None]
+    z = s - np.take_along_axis(s, top, axis=1)
+    e = np.exp(z)
+    np.put_along_axis(e, top, 0.0, axis=1)
+    return z - np.log1p(e.sum(axis=1, keepdims=True))
+
+
+def _softmax_seeds64(logp: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """``p - e_c`` for each row of logp and each class c, shape (rows, m, C), with the diagonal
+    ``p_c - 1`` as ``expm1(log p_c)`` (exact for a dominant class)."""
+    p = np.exp(logp)
+    m = len(classes)
+    seeds = np.repeat(p[:, None, :], m, axis=1)
+    seeds[:, np.arange(m), classes] = np.expm1(logp[:, classes])
+    return seeds
 
 
 # ---------------------------------------------------------------------- graph helpers
@@ -644,19 +689,6 @@ def _fresh_name(graph, stem: str) -> str:
         i += 1
         name = f"{stem}_{i}"
     return name
-
-
-def _log_softmax_nodes(helper, graph, z: str, out: str, opset: int) -> list:
-    """log softmax over axis 1 of a (batch, C) tensor ``z``.
-
-    onnx-ad refuses LogSoftmax before opset 13 (it flattened its input to 2-D then), so older
-    graphs get ``z - ReduceLogSumExp(z)``, which has a rule in both modes at every opset.
-    """
-    if opset >= 13:
-        return [helper.make_node("LogSoftmax", [z], [out], axis=-1, name=out)]
-    lse = _fresh_name(graph, out + "_lse")
-    return [helper.make_node("ReduceLogSumExp", [z], [lse], axes=[1], keepdims=1, name=lse),
-            helper.make_node("Sub", [z, lse], [out], name=out)]
 
 
 def _ad_error(onnx_ad, exc: Exception, mode: str) -> ValueError:

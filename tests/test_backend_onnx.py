@@ -444,3 +444,17 @@ def test_module_imports_without_onnx():
                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert out.returncode == 0, out.stderr
     assert "ImportError: OnnxBackend needs onnx, onnxruntime and onnx-ad" in out.stdout
+
+
+def test_saturated_class_gradient_keeps_relative_accuracy_in_float32():
+    """logits (30, 0, 0): 1 - p_0 = 1.9e-13 is far below float32's epsilon, yet the gradient of
+    -log p_0, J^T (p - e_0), must come out with float32 relative accuracy (seeds formed in float64)."""
+    W = np.array([[30.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
+    backend = OnnxBackend(om.linear_model(W, np.zeros(3)))
+    x = np.array([[1.0, 0.0]])
+    _, g = backend.class_gradients(x)
+    q = np.exp(-30.0) / (1 + 2 * np.exp(-30.0))  # p_1 = p_2
+    expected = W.T @ np.array([-2 * q, q, q])
+    np.testing.assert_allclose(g[0, 0], expected, rtol=1e-6, atol=0)
+    _, gl = backend.loss_gradient(x, [0])
+    np.testing.assert_allclose(gl[0], expected, rtol=1e-6, atol=0)
