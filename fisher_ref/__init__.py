@@ -25,7 +25,28 @@ from ._attacks import (
 )
 from ._backend import CAPABILITIES, Backend, CallableBackend, MissingCapabilityError, as_backend
 from ._operators import FisherOperator, MatrixFreeFisherOperator, SampledFisherOperator, fisher_matrix
+from ._opt_attack import OptResult, opt
 from ._spectrum import NoConvergence, SpectrumInfo, choose_method, fisher_spectrum, top_eigenpairs
+
+# the detectors need scikit-learn: imported on first use, so `import fisher_ref` needs NumPy and SciPy only
+_DETECTION = ("FisherSpectrumFeatures", "FisherDetector", "KernelDensityFeatures", "KernelDensityDetector",
+              "BayesianUncertaintyFeatures", "BayesianUncertaintyDetector", "KDBUDetector", "LIDFeatures",
+              "LIDDetector", "evaluate_detection", "default_detectors", "AUCTable", "DetectionReport",
+              "EXTRA_FEATURES")
+
+
+def __getattr__(name: str):
+    if name in _DETECTION:
+        try:
+            from . import _detection
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ImportError(f"fisher_ref.{name} needs scikit-learn: pip install 'fisher-ref[detect]'") from exc
+        return getattr(_detection, name)
+    raise AttributeError(f"module 'fisher_ref' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_DETECTION))
 
 __version__ = "0.1.0"
 
@@ -42,6 +63,7 @@ __all__ = [
     "MissingCapabilityError",
     "NoConvergence",
     "OSSAResult",
+    "OptResult",
     "SampledFisherOperator",
     "SpectrumInfo",
     "as_backend",
@@ -52,8 +74,10 @@ __all__ = [
     "fisher_spectrum",
     "iterative_ossa",
     "least_perturbation",
+    "opt",
     "ossa",
     "otcm",
     "top_eigenpairs",
     "__version__",
+    *_DETECTION,
 ]
