@@ -11,6 +11,7 @@ The core needs only NumPy and SciPy. Backends for PyTorch and ONNX Runtime live 
 """
 
 from ._alias import AliasSampler
+from ._audit import AuditError, AuditResult, audit
 from ._attacks import (
     AttackResult,
     DegenerateSpectrumWarning,
@@ -53,6 +54,8 @@ __version__ = "0.1.0"
 __all__ = [
     "AliasSampler",
     "AttackResult",
+    "AuditError",
+    "AuditResult",
     "Backend",
     "CAPABILITIES",
     "CallableBackend",
@@ -67,6 +70,7 @@ __all__ = [
     "SampledFisherOperator",
     "SpectrumInfo",
     "as_backend",
+    "audit",
     "bim",
     "choose_method",
     "fgm",

@@ -1,0 +1,626 @@
+"""``fisher-ref audit``: end to end on the bundled model, resumption, Dask, data formats, bad input."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import math
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx_ad")
+onnx = pytest.importorskip("onnx")
+
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+import fisher_ref as fr  # noqa: E402
+from fisher_ref import _audit  # noqa: E402
+from fisher_ref.__main__ import main  # noqa: E402
+from fisher_ref._audit import AuditError, AuditResult, audit  # noqa: E402
+from fisher_ref.backends import OnnxBackend, bundled_path  # noqa: E402
+from fisher_ref.datasets import load_bundled_mnist  # noqa: E402
+
+from _onnx_models import (  # noqa: E402
+    int_input_model,
+    linear_model,
+    linear_weights,
+    two_input_model,
+    undifferentiable_model,
+    wrong_rank_output_model,
+)
+
+# the bundled example, small: 20 inputs in 4 shards of 5, k = 3
+SMALL = ["--limit", "20", "--k", "3", "--shard-size", "5", "--epsilons", "0.5", "1", "2", "--no-progress"]
+SMALL_KW = dict(limit=20, k=3, shard_size=5, epsilons=(0.5, 1, 2), progress=False)
+FAST = dict(k=2, epsilons=(0.5, 1.0), progress=False, report=False)
+
+
+def run(argv, capsys):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def save(model, path: Path) -> Path:
+    onnx.save(model, str(path))
+    return path
+
+
+def read_csv(path: Path) -> tuple[list[str], list[dict]]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    with open(path, newline="") as f:
+        header = next(csv.reader(f))
+    return header, rows
+
+
+def assert_same_csv(a: Path, b: Path) -> None:
+    """Two results.csv hold the same results: integer and boolean columns equal, floats to float32 rounding.
+
+    (They are byte-identical in practice; ONNX Runtime's float32 kernels may round differently when its
+    thread pool splits work differently, so the test does not insist on the last bit.)
+    """
+    ha, ra = read_csv(a)
+    hb, rb = read_csv(b)
+    assert ha == hb and len(ra) == len(rb)
+    exact = [c for c in ha if c in ("index", "label", "prediction", "correct", "adv_prediction") or "_fooled_" in c]
+    assert [[r[c] for c in exact] for r in ra] == [[r[c] for c in exact] for r in rb]
+    for c in ("confidence", "least_perturbation_ossa", "adv_confidence"):
+        np.testing.assert_allclose([float(r[c] or "nan") for r in ra], [float(r[c] or "nan") for r in rb],
+                                   rtol=1e-5, err_msg=c)
+    lam = [c for c in ha if c.startswith("lambda_")]
+    la = np.array([[float(r[c]) for c in lam] for r in ra])
+    lb = np.array([[float(r[c]) for c in lam] for r in rb])
+    assert np.all(np.abs(la - lb) <= 1e-5 * la[:, :1])  # relative to lambda_1: the tail is rounding noise
+
+
+def image_model(shape, n_classes: int = 3, *, seed: int = 0, mean=None, std=None) -> onnx.ModelProto:
+    """Flatten + Gemm on inputs of ``shape``; with mean/std, ``(x - mean) / std`` baked in first."""
+    rng = np.random.default_rng(seed)
+    d = math.prod(shape)
+    W = (rng.standard_normal((n_classes, d)) * 0.1).astype(np.float32)
+    b = (rng.standard_normal(n_classes) * 0.1).astype(np.float32)
+    inits = [numpy_helper.from_array(W, "W"), numpy_helper.from_array(b, "b")]
+    nodes, src = [], "x"
+    if mean is not None:
+        cshape = (len(mean), 1, 1)
+        inits += [numpy_helper.from_array(np.asarray(mean, np.float32).reshape(cshape), "mean"),
+                  numpy_helper.from_array(np.asarray(std, np.float32).reshape(cshape), "std")]
+        nodes += [helper.make_node("Sub", ["x", "mean"], ["xc"]), helper.make_node("Div", ["xc", "std"], ["xn"])]
+        src = "xn"
+    nodes += [helper.make_node("Flatten", [src], ["f"], axis=1),
+              helper.make_node("Gemm", ["f", "W", "b"], ["y"], transB=1)]
+    graph = helper.make_graph(nodes, "image_linear",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *shape])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", n_classes])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = min(model.ir_version, 8)
+    return model
+
+
+# ------------------------------------------------------------------------------ the bundled model
+@pytest.fixture(scope="module")
+def bundled_run(tmp_path_factory):
+    """The bundled LeNet on 20 bundled MNIST images, with the report (computed once)."""
+    out = tmp_path_factory.mktemp("bundled") / "audit"
+    res = audit(out=out, **SMALL_KW)
+    return res
+
+
+def test_bundled_end_to_end_writes_every_file(bundled_run):
+    res = bundled_run
+    assert isinstance(res, AuditResult) and res.complete
+    assert res.n_inputs == 20 and res.n_shards == 4 and res.shards_computed == [0, 1, 2, 3]
+    for name in ("results.csv", "summary.json", "report.html", "fooling_rate.png", "eigenvalues.png", "scatter.png",
+                 "vulnerable_least_perturbation.png", "vulnerable_top_eigenvalue.png"):
+        assert (res.out / name).is_file(), name
+        if name.endswith(".png"):
+            assert (res.out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for i in range(4):
+        assert (res.out / "shards" / f"shard-{i:05d}.csv").is_file()
+        assert (res.out / "shards" / f"shard-{i:05d}.npz").is_file()
+    page = (res.out / "report.html").read_text()
+    srcs = [s.split('"')[0] for s in page.split('src="')[1:]]
+    assert len(srcs) == 5 and all(s.startswith("data:image/png;base64,") for s in srcs)
+
+
+def test_results_csv_columns_and_rows(bundled_run):
+    header, rows = read_csv(bundled_run.out / "results.csv")
+    assert header == (["index", "label", "prediction", "confidence", "correct", "lambda_1", "lambda_2", "lambda_3",
+                       "ossa_fooled_eps0.5", "ossa_fooled_eps1", "ossa_fooled_eps2",
+                       "fgm_fooled_eps0.5", "fgm_fooled_eps1", "fgm_fooled_eps2",
+                       "least_perturbation_ossa", "adv_prediction", "adv_confidence"])
+    assert len(rows) == 20
+    assert [int(r["index"]) for r in rows] == list(range(20))
+    _, y = load_bundled_mnist()
+    assert [int(r["label"]) for r in rows] == y[:20].tolist()
+    for r in rows:
+        lam = [float(r[f"lambda_{i}"]) for i in (1, 2, 3)]
+        assert lam == sorted(lam, reverse=True) and lam[2] >= 0
+        assert r["correct"] == str(int(r["label"] == r["prediction"]))
+        lp = float(r["least_perturbation_ossa"])
+        assert lp == math.inf or 0 <= lp <= 6
+        if 0 < lp < math.inf:  # the stored example at the least perturbation does fool the model
+            assert r["adv_prediction"] != r["label"]
+    # the per-shard CSVs concatenate to the merged one
+    merged = (bundled_run.out / "results.csv").read_text().splitlines()
+    parts = [(bundled_run.out / "shards" / f"shard-{i:05d}.csv").read_text().splitlines() for i in range(4)]
+    assert merged == parts[0] + [line for p in parts[1:] for line in p[1:]]
+
+
+def test_results_agree_with_the_library(bundled_run):
+    x, y = load_bundled_mnist()
+    b = OnnxBackend(bundled_path("mnist_lenet.onnx"))
+    w, _ = fr.fisher_spectrum(b, x[:5], k=3)
+    lp = fr.least_perturbation("ossa", x[:5], b, labels=y[:5])
+    r = fr.ossa(x[:5], b, epsilon=2.0, labels=y[:5])
+    cols = bundled_run.columns
+    np.testing.assert_array_equal(cols["eigenvalues"][:5], w)
+    np.testing.assert_array_equal(cols["least_perturbation"][:5], lp)
+    np.testing.assert_array_equal(cols["ossa_fooled"][:5, 2], r.success)
+    with np.load(bundled_run.out / "shards" / "shard-00000.npz") as f:
+        x_adv = f["x_adv"]
+    ok = np.isfinite(lp) & (lp > 0)
+    assert ok.any()
+    norms = np.linalg.norm((x_adv[ok] - x[:5][ok]).reshape(ok.sum(), -1), axis=1)
+    assert np.all(norms > 0) and np.all(norms <= lp[ok] + 1e-5)  # clipped to [0, 1]: never longer than epsilon
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    pred = b.probabilities(x_adv[ok].astype(np.float64)).argmax(axis=1)  # the example is stored as float32
+    np.testing.assert_array_equal(pred, cols["adv_prediction"][:5][ok])
+    assert np.all(pred != y[:5][ok])
+
+
+def test_summary_json_keys(bundled_run):
+    s = json.loads((bundled_run.out / "summary.json").read_text())
+    assert {"n_inputs", "n_correct", "accuracy", "fooling_rate", "top_eigenvalue", "least_perturbation", "spearman",
+            "most_vulnerable", "model", "data", "config", "run", "files"} <= set(s)
+    assert s["n_inputs"] == 20
+    assert s["fooling_rate"]["epsilons"] == [0.5, 1.0, 2.0]
+    assert len(s["fooling_rate"]["ossa"]) == len(s["fooling_rate"]["fgm"]) == 3
+    assert all(0 <= v <= 1 for v in s["fooling_rate"]["ossa"] + s["fooling_rate"]["fgm"])
+    assert s["fooling_rate"]["n"] == s["n_correct"]
+    assert -1 <= s["spearman"]["rho"] <= 1
+    mv = s["most_vulnerable"]
+    lams = [e["top_eigenvalue"] for e in mv["by_top_eigenvalue"]]
+    lps = [e["least_perturbation"] for e in mv["by_least_perturbation"]]
+    assert lams == sorted(lams, reverse=True) and lps == sorted(lps) and len(lams) == 8
+    assert s["model"]["input_shape"] == [1, 28, 28] and s["model"]["n_classes"] == 10
+    assert s["data"]["has_labels"] and s["config"]["k"] == 3 and s["config"]["n_shards"] == 4
+
+
+def test_cli_small_run_prints_where_it_wrote(tmp_path, capsys):
+    out = tmp_path / "a"
+    code, stdout, err = run(["audit", "--out", out, "--limit", "10", "--k", "2", "--no-progress", "--no-report"], capsys)
+    assert code == 0, err
+    assert f"wrote {out}/" in stdout and "fooling rate over" in stdout
+    assert sorted(p.name for p in out.iterdir()) == ["results.csv", "shards", "summary.json"]
+
+
+def test_no_arguments_runs_the_bundled_audit(monkeypatch, tmp_path, capsys):
+    seen = {}
+
+    def fake(model, data, **kw):
+        seen.update(model=model, data=data, **kw)
+        raise AuditError("stub")
+
+    monkeypatch.setattr(_audit, "audit", fake)
+    for argv in ([], ["audit"]):
+        seen.clear()
+        code, _, err = run(argv, capsys)
+        assert code == 2 and "stub" in err
+        assert seen["model"] is None and seen["data"] is None and seen["out"] is None and seen["limit"] is None
+
+
+def test_default_output_folder_is_fresh(monkeypatch, tmp_path, capsys):
+    monkeypatch.chdir(tmp_path)
+    argv = ["audit", "--limit", "5", "--k", "2", "--no-progress", "--no-report"]
+    assert run(argv, capsys)[0] == 0
+    assert run(argv, capsys)[0] == 0
+    runs = sorted((tmp_path / "fisher-ref-audit").iterdir())
+    assert len(runs) == 2 and all(p.name.startswith("run-") for p in runs)
+    assert all((p / "results.csv").is_file() for p in runs)
+
+
+@pytest.mark.slow
+def test_plain_fisher_ref_on_all_bundled_images(monkeypatch, tmp_path, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, stdout, err = run([], capsys)
+    assert code == 0, err
+    (folder,) = (tmp_path / "fisher-ref-audit").iterdir()
+    _, rows = read_csv(folder / "results.csv")
+    assert len(rows) == 500
+    s = json.loads((folder / "summary.json").read_text())
+    assert s["spearman"]["rho"] < -0.5  # the paper's Figure 3: larger eigenvalue, smaller perturbation
+
+
+# ------------------------------------------------------------------------------ resume, force
+def test_resume_after_max_shards(bundled_run, tmp_path):
+    out = tmp_path / "a"
+    first = audit(out=out, max_shards=2, **SMALL_KW)
+    assert not first.complete and first.shards_computed == [0, 1]
+    assert not (out / "results.csv").exists()
+    done = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in (out / "shards").glob("shard-*")}
+    assert len(done) == 4
+    second = audit(out=out, resume=True, **SMALL_KW)
+    assert second.complete and second.shards_skipped == [0, 1] and second.shards_computed == [2, 3]
+    p = out / "shards"
+    assert {name: ((p / name).stat().st_mtime_ns, (p / name).read_bytes()) for name in done} == done  # untouched
+    assert_same_csv(out / "results.csv", bundled_run.out / "results.csv")
+
+
+def test_resume_after_interrupt_recomputes_nothing_done(bundled_run, tmp_path, monkeypatch, capsys):
+    """Ctrl-C during shard 2: shards 0 and 1 stay on disk; --resume computes 2 and 3 only."""
+    calls = []
+    real = _audit.compute_shard
+
+    def interrupted(spec, x, y, index):
+        calls.append(int(index[0]))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(spec, x, y, index)
+
+    monkeypatch.setattr(_audit, "compute_shard", interrupted)
+    out = tmp_path / "a"
+    code, _, err = run(["audit", "--out", out, *SMALL], capsys)
+    assert code == 130 and "--resume" in err
+    assert sorted(p.name for p in (out / "shards").glob("shard-*.csv")) == ["shard-00000.csv", "shard-00001.csv"]
+    calls.clear()
+    code, stdout, err = run(["audit", "--out", out, "--resume", *SMALL], capsys)
+    assert code == 0, err
+    assert calls == [10, 15]  # the first inputs of shards 2 and 3
+    assert "2 resumed" in stdout
+    assert_same_csv(out / "results.csv", bundled_run.out / "results.csv")
+
+
+def test_resume_recomputes_a_deleted_shard(bundled_run, tmp_path):
+    out = tmp_path / "a"
+    shutil.copytree(bundled_run.out, out)
+    (out / "shards" / "shard-00003.csv").unlink()
+    (out / "results.csv").unlink()
+    res = audit(out=out, resume=True, **SMALL_KW)
+    assert res.shards_computed == [3] and res.shards_skipped == [0, 1, 2]
+    assert_same_csv(out / "results.csv", bundled_run.out / "results.csv")
+
+
+def test_resume_refuses_another_configuration(bundled_run, tmp_path, capsys):
+    out = tmp_path / "a"
+    shutil.copytree(bundled_run.out, out)
+    argv = ["audit", "--out", out, "--resume", *SMALL, "--k", "4"]
+    code, _, err = run(argv, capsys)
+    assert code == 2 and "cannot resume" in err and "k" in err and "--force" in err
+
+
+def test_existing_output_needs_force(bundled_run, tmp_path, capsys):
+    out = tmp_path / "a"
+    shutil.copytree(bundled_run.out, out)
+    (out / "notes.txt").write_text("mine")
+    code, _, err = run(["audit", "--out", out, *SMALL], capsys)
+    assert code == 2
+    assert err.strip().count("\n") == 0 and "already exists" in err and "--force" in err and "Traceback" not in err
+    code, _, err = run(["audit", "--out", out, "--force", *SMALL[:-1], "--no-report", "--no-progress",
+                        "--limit", "10"], capsys)
+    assert code == 0, err
+    _, rows = read_csv(out / "results.csv")
+    assert len(rows) == 10
+    assert not (out / "report.html").exists()  # the old report was removed, not left stale
+    assert (out / "notes.txt").read_text() == "mine"  # --force removes only what an audit writes
+    assert sorted(p.name for p in (out / "shards").glob("shard-*.csv")) == ["shard-00000.csv", "shard-00001.csv"]
+
+
+def test_empty_existing_folder_is_used(tmp_path):
+    out = tmp_path / "empty"
+    out.mkdir()
+    assert audit(out=out, limit=3, **FAST).complete
+
+
+# ------------------------------------------------------------------------------ Dask
+def test_dask_local_cluster_gives_the_local_results(bundled_run, tmp_path, capsys):
+    pytest.importorskip("distributed")
+    out = tmp_path / "dask"
+    code, stdout, err = run(["audit", "--out", out, *SMALL, "--no-report", "--scheduler", "local:2"], capsys)
+    assert code == 0, err
+    assert "LocalCluster of 2 worker processes at tcp://127.0.0.1:" in stdout
+    assert_same_csv(out / "results.csv", bundled_run.out / "results.csv")
+    s = json.loads((out / "summary.json").read_text())
+    assert s["config"]["scheduler"] == "local:2"
+
+
+def test_dask_bad_address(tmp_path, capsys):
+    pytest.importorskip("distributed")
+    code, _, err = run(["audit", "--out", tmp_path / "a", "--limit", "2", "--k", "2", "--no-report",
+                        "--no-progress", "--scheduler", "local:zero"], capsys)
+    assert code == 2 and "local:N" in err
+
+
+# ------------------------------------------------------------------------------ data formats
+@pytest.fixture(scope="module")
+def images():
+    """Six 8 x 8 RGB uint8 images (NHWC) with labels, and a model for (3, 8, 8) inputs."""
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 256, size=(6, 8, 8, 3), dtype=np.uint8)
+    y = np.array([0, 1, 2, 0, 1, 2])
+    return x, y
+
+
+def assert_same_results(a: AuditResult, b: AuditResult, rtol=0.0):
+    for key in ("index", "label", "prediction", "ossa_fooled", "fgm_fooled", "adv_prediction"):
+        np.testing.assert_array_equal(a.columns[key], b.columns[key], err_msg=key)
+    for key in ("confidence", "eigenvalues", "least_perturbation"):
+        np.testing.assert_allclose(a.columns[key], b.columns[key], rtol=rtol, atol=0 if rtol == 0 else 1e-7,
+                                   err_msg=key)
+
+
+def test_npy_npz_and_arrays_agree(tmp_path, images):
+    x, y = images
+    model = save(image_model((3, 8, 8)), tmp_path / "m.onnx")
+    xc = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    np.save(tmp_path / "x.npy", xc)
+    np.save(tmp_path / "y.npy", y)
+    np.savez(tmp_path / "xy.npz", x=xc, y=y)
+    ref = audit(model, tmp_path / "x.npy", labels=tmp_path / "y.npy", out=tmp_path / "a", **FAST)
+    assert ref.summary["data"]["format"] == "npy" and ref.summary["data"]["scale"] == "divided by 255"
+    np.testing.assert_array_equal(ref.columns["label"], y)
+    other = audit(model, tmp_path / "xy.npz", out=tmp_path / "b", **FAST)
+    assert other.summary["data"]["format"] == "npz"
+    assert_same_results(ref, other)
+    arr = audit(model, (xc.astype(np.float64) / 255, y), out=tmp_path / "c", **FAST)
+    assert_same_results(ref, arr)
+
+
+def test_nhwc_data_is_converted_to_nchw(tmp_path, images):
+    x, y = images
+    model = save(image_model((3, 8, 8)), tmp_path / "m.onnx")
+    np.savez(tmp_path / "nchw.npz", x=x.transpose(0, 3, 1, 2), y=y)
+    np.savez(tmp_path / "nhwc.npz", images=x, labels=y)
+    ref = audit(model, tmp_path / "nchw.npz", out=tmp_path / "a", **FAST)
+    auto = audit(model, tmp_path / "nhwc.npz", out=tmp_path / "b", **FAST)
+    assert auto.summary["data"]["layout"] == "NHWC -> NCHW"
+    assert_same_results(ref, auto)
+    explicit = audit(model, tmp_path / "nhwc.npz", layout="nhwc", out=tmp_path / "c", **FAST)
+    assert_same_results(ref, explicit)
+
+
+def test_mean_std_equals_normalisation_inside_the_model(tmp_path, images):
+    x, y = images
+    mean, std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
+    plain = save(image_model((3, 8, 8), seed=1), tmp_path / "plain.onnx")
+    baked = save(image_model((3, 8, 8), seed=1, mean=mean, std=std), tmp_path / "baked.onnx")
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    a = audit(baked, tmp_path / "d.npz", out=tmp_path / "a", **FAST)
+    b = audit(plain, tmp_path / "d.npz", mean=mean, std=std, out=tmp_path / "b", **FAST)
+    assert b.summary["data"]["normalization"] == {"mean": mean, "std": std}
+    assert_same_results(a, b, rtol=1e-4)
+    c = audit(plain, tmp_path / "d.npz", out=tmp_path / "c", **FAST)  # without it the results differ
+    assert not np.allclose(a.columns["eigenvalues"], c.columns["eigenvalues"], rtol=1e-2)
+
+
+def _idx(arr: np.ndarray) -> bytes:
+    code = {np.dtype("u1"): 0x08}[arr.dtype]
+    head = bytes([0, 0, code, arr.ndim]) + b"".join(int(s).to_bytes(4, "big") for s in arr.shape)
+    return head + arr.tobytes()
+
+
+def test_idx_pair(tmp_path):
+    rng = np.random.default_rng(4)
+    x = rng.integers(0, 256, size=(5, 8, 8), dtype=np.uint8)
+    y = np.array([0, 1, 2, 1, 0], dtype=np.uint8)
+    (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(_idx(x)))
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(_idx(y)))
+    (tmp_path / "my-targets.idx").write_bytes(_idx(y))
+    model = save(image_model((1, 8, 8)), tmp_path / "m.onnx")
+    np.save(tmp_path / "x.npy", x[:, None])
+    ref = audit(model, tmp_path / "x.npy", labels=y.astype(np.int64), out=tmp_path / "a", **FAST)
+    auto = audit(model, tmp_path / "t10k-images-idx3-ubyte.gz", out=tmp_path / "b", **FAST)  # labels found by name
+    assert auto.summary["data"]["format"] == "idx" and auto.summary["data"]["has_labels"]
+    assert auto.summary["data"]["layout"].startswith("added a channel axis")
+    assert_same_results(ref, auto)
+    explicit = audit(model, tmp_path / "t10k-images-idx3-ubyte.gz", labels=tmp_path / "my-targets.idx",
+                     out=tmp_path / "c", **FAST)
+    assert_same_results(ref, explicit)
+    folder = audit(model, tmp_path, out=tmp_path / "d", **FAST)  # MNIST four-file layout (test split)
+    assert_same_results(ref, folder)
+
+
+def test_image_folder(tmp_path, images):
+    from PIL import Image
+
+    x, y = images
+    root = tmp_path / "imgs"
+    order = []
+    for name, lab in (("cat", 0), ("dog", 1), ("fox", 2)):
+        (root / name).mkdir(parents=True)
+        for j in np.flatnonzero(y == lab):
+            Image.fromarray(x[j]).save(root / name / f"{j}.png")
+            order.append(j)
+    model = save(image_model((3, 8, 8)), tmp_path / "m.onnx")
+    np.savez(tmp_path / "ref.npz", x=x[order], y=y[order])
+    ref = audit(model, tmp_path / "ref.npz", out=tmp_path / "a", **FAST)
+    res = audit(model, root, out=tmp_path / "b", **FAST)
+    assert res.summary["data"]["format"] == "imagefolder"
+    assert res.summary["data"]["class_names"] == ["cat", "dog", "fox"]
+    assert_same_results(ref, res)
+    # resize 8 x 8 images to the 4 x 4 a smaller model expects
+    small = save(image_model((3, 4, 4)), tmp_path / "small.onnx")
+    r = audit(small, root, resize=(4, 4), out=tmp_path / "c", **FAST)
+    assert r.summary["data"]["resize"] == [4, 4] and r.n_inputs == 6
+
+
+def test_cifar_pickle(tmp_path):
+    rng = np.random.default_rng(5)
+    data = rng.integers(0, 256, size=(4, 3072), dtype=np.uint8)
+    labels = [3, 1, 4, 1]
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump({b"data": data, b"labels": labels}, f)
+    model = save(image_model((3, 32, 32), n_classes=10), tmp_path / "m.onnx")
+    np.savez(tmp_path / "ref.npz", x=data.reshape(4, 3, 32, 32), y=np.array(labels))
+    ref = audit(model, tmp_path / "ref.npz", out=tmp_path / "a", **FAST)
+    for src, name in ((tmp_path, "b"), (folder / "test_batch", "c")):
+        res = audit(model, src, out=tmp_path / name, **FAST)
+        assert res.summary["data"]["format"] == "cifar" and res.summary["data"]["layout"] == "NHWC -> NCHW"
+        assert res.summary["data"]["class_names"][3] == "cat"
+        assert_same_results(ref, res)
+
+
+def test_data_without_labels_attacks_the_predictions(tmp_path, capsys):
+    W, b = linear_weights(d=4, n_classes=3)
+    model = save(linear_model(W * 0.3, b), tmp_path / "lin.onnx")
+    x = np.random.default_rng(0).random((7, 4))
+    np.save(tmp_path / "x.npy", x)
+    code, stdout, err = run(["audit", model, "--data", tmp_path / "x.npy", "--out", tmp_path / "a", "--k", "2",
+                             "--shard-size", "3", "--no-progress"], capsys)
+    assert code == 0, err
+    assert "no labels: attacking the predictions" in stdout
+    _, rows = read_csv(tmp_path / "a" / "results.csv")
+    assert len(rows) == 7 and all(r["label"] == "" and r["correct"] == "" for r in rows)
+    s = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert s["accuracy"] is None and s["fooling_rate"]["n"] == 7
+    # labels from a text file
+    (tmp_path / "y.txt").write_text("0\n1\n2\n0\n1\n2\n0\n")
+    code, _, err = run(["audit", model, "--data", tmp_path / "x.npy", "--labels", tmp_path / "y.txt",
+                        "--out", tmp_path / "b", "--k", "2", "--no-progress", "--no-report"], capsys)
+    assert code == 0, err
+    _, rows = read_csv(tmp_path / "b" / "results.csv")
+    assert [r["label"] for r in rows] == ["0", "1", "2", "0", "1", "2", "0"]
+
+
+# ------------------------------------------------------------------------------ bad input: exit 2, one line
+def _bad_models(tmp_path: Path) -> dict:
+    (tmp_path / "corrupt.onnx").write_bytes(b"this is not an ONNX file")
+    return {
+        "missing": tmp_path / "nowhere.onnx",
+        "corrupt": tmp_path / "corrupt.onnx",
+        "two_inputs": save(two_input_model(), tmp_path / "two.onnx"),
+        "int_input": save(int_input_model(), tmp_path / "int.onnx"),
+        "rank3_declared": save(wrong_rank_output_model(True), tmp_path / "rank3a.onnx"),
+        "rank3_hidden": save(wrong_rank_output_model(False), tmp_path / "rank3b.onnx"),
+        "undifferentiable": save(undifferentiable_model(), tmp_path / "seq.onnx"),
+    }
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "no such ONNX file"),
+    ("corrupt", "is not an ONNX model or is corrupt"),
+    ("two_inputs", "has 2 graph inputs ['a', 'c']; pass --input-name"),
+    ("int_input", "has element type INT64; OnnxBackend differentiates a float32 or float64 input"),
+    ("rank3_declared", "expected class scores of shape (batch, n_classes)"),
+    ("rank3_hidden", "expected class scores of shape (2, n_classes)"),
+    ("undifferentiable", "cannot differentiate operator ConcatFromSequence (node 'from_sequence')"),
+])
+def test_bad_model(tmp_path, capsys, case, message):
+    model = _bad_models(tmp_path)[case]
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).random((3, 4)))
+    code, stdout, err = run(["audit", model, "--data", tmp_path / "x.npy", "--out", tmp_path / "out",
+                             "--no-progress"], capsys)
+    assert code == 2
+    assert err.startswith(f"fisher-ref audit: error: model {model}") and err.count("\n") == 1, err
+    assert message in err and "Traceback" not in err
+
+
+def test_bad_model_with_debug_raises(tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((3, 4)))
+    with pytest.raises(AuditError, match="no such ONNX file"):
+        main(["audit", str(tmp_path / "nowhere.onnx"), "--data", str(tmp_path / "x.npy"), "--out",
+              str(tmp_path / "o"), "--debug"])
+
+
+def test_two_inputs_with_input_name_still_refused(tmp_path, capsys):
+    model = save(two_input_model(), tmp_path / "two.onnx")
+    np.save(tmp_path / "x.npy", np.zeros((3, 4), np.float32))
+    code, _, err = run(["audit", model, "--data", tmp_path / "x.npy", "--input-name", "a", "--out", tmp_path / "o"],
+                       capsys)
+    assert code == 2 and "besides input_name 'a'" in err
+
+
+@pytest.fixture
+def lin(tmp_path):
+    W, b = linear_weights(d=4, n_classes=3)
+    return save(linear_model(W, b), tmp_path / "lin.onnx")
+
+
+def _x(shape=(5, 4), fill=None):
+    x = np.random.default_rng(1).random(shape)
+    if fill is not None:
+        x[2, 1] = fill
+    return x
+
+
+@pytest.mark.parametrize("data, extra, message", [
+    (_x((5, 5)), [], "inputs have shape (5,), but the model expects (4,) per input"),
+    (_x((5, 2, 3)), [], "inputs have shape (2, 3), but the model expects (4,) per input"),
+    (_x(fill=np.nan), [], "data contains 1 NaN and 0 Inf values (in 1 input, the first at index 2)"),
+    (_x(fill=np.inf), [], "data contains 0 NaN and 1 Inf values"),
+    (np.zeros((0, 4)), [], "data is empty"),
+    (np.array(["a", "b"]), [], "data must hold real numbers"),
+    (_x(), ["--labels", "LABELS:0,1"], "labels: 2 labels for 5 inputs"),
+    (_x(), ["--labels", "LABELS:0,1,2,3,7"], "labels must lie in [0, 2]"),
+    (_x() * 3, ["--bounds", "0", "1"], "outside bounds [0, 1]"),
+    (_x(), ["--k", "0"], "k must be a positive int"),
+    (_x(), ["--epsilons", "-1"], "epsilons must be one or more positive numbers"),
+    (_x(), ["--mean", "0.5"], "mean and std go together"),
+    (_x(), ["--mean", "0.5", "0.5", "--std", "1", "1"], "mean has 2 values"),
+])
+def test_bad_data(tmp_path, capsys, lin, data, extra, message):
+    np.save(tmp_path / "x.npy", data)
+    args = []
+    for a in extra:
+        if a.startswith("LABELS:"):
+            np.save(tmp_path / "y.npy", np.array([int(v) for v in a[7:].split(",")]))
+            a = tmp_path / "y.npy"
+        args.append(a)
+    code, _, err = run(["audit", lin, "--data", tmp_path / "x.npy", "--out", tmp_path / "out", "--no-progress", *args],
+                       capsys)
+    assert code == 2, err
+    assert err.startswith("fisher-ref audit: error: ") and err.count("\n") == 1, err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "results.csv").exists()
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p / "nothing.npy", "no such file or folder"),
+    (lambda p: (p / "junk.bin").write_bytes(b"hello world") and p / "junk.bin", "cannot tell the format"),
+    (lambda p: (p / "bad.npz").write_bytes(b"PK broken") and p / "bad.npz", "cannot read"),
+    (lambda p: np.savez(p / "odd.npz", a=np.zeros((2, 4)), b=np.zeros(2)) or p / "odd.npz", "holds arrays ['a', 'b']"),
+    (lambda p: (p / "t10k-images-idx3-ubyte").write_bytes(_idx(np.zeros((2, 2, 2), np.uint8))[:-3])
+     and p / "t10k-images-idx3-ubyte", "truncated IDX file"),
+])
+def test_unreadable_data(tmp_path, capsys, lin, make, message):
+    path = make(tmp_path)
+    code, _, err = run(["audit", lin, "--data", path, "--out", tmp_path / "out"], capsys)
+    assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_model_without_data(tmp_path, capsys, lin):
+    code, _, err = run(["audit", lin, "--out", tmp_path / "out"], capsys)
+    assert code == 2 and "--data" in err
+
+
+def test_unwritable_output_folder(tmp_path, capsys, lin):
+    np.save(tmp_path / "x.npy", _x())
+    (tmp_path / "file").write_text("")
+    code, _, err = run(["audit", lin, "--data", tmp_path / "x.npy", "--out", tmp_path / "file" / "out"], capsys)
+    assert code == 2 and "cannot write to output folder" in err and "is a file, not a folder" in err
+    if os.geteuid() != 0:  # root writes anywhere
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        try:
+            code, _, err = run(["audit", lin, "--data", tmp_path / "x.npy", "--out", ro / "out"], capsys)
+            assert code == 2 and "permission denied" in err
+        finally:
+            ro.chmod(0o700)
+
+
+def test_api_raises_audit_error(tmp_path, lin):
+    with pytest.raises(AuditError, match="data is empty"):
+        audit(lin, np.zeros((0, 4)), out=tmp_path / "o", **FAST)
+    with pytest.raises(AuditError, match="resume and force"):
+        audit(lin, np.zeros((2, 4)), out=tmp_path / "o", resume=True, force=True, **FAST)
