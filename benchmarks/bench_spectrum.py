@@ -14,8 +14,8 @@ said in the output). For each row, on the same model and inputs:
    of the top-20 eigenvalues, angle of the top eigenvector, change in OSSA fooling rate;
 4. throughput of batched OSSA against a per-input loop;
 5. the ONNX Runtime backend against the torch backend on the same exported model;
-6. peak memory of each method (extra resident memory of a forked child that runs it once on the CPU;
-   ``torch.cuda.max_memory_allocated`` on a GPU).
+6. peak memory of each method (extra peak resident memory of a fresh subprocess that runs it once on
+   one input, over what model and input took; ``torch.cuda.max_memory_allocated`` on a GPU).
 
 Writes Markdown and CSV into ``--out`` (default ``benchmarks/results``); never asserts on time.
 
@@ -29,10 +29,10 @@ import argparse
 import csv
 import json
 import math
-import multiprocessing as mp
 import os
 import platform
 import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -80,8 +80,8 @@ def _methods(k: int):
     }
 
 
-def _time(fn, repeats: int) -> tuple[float, object]:
-    out = fn()  # warm-up (and the result)
+def _time(fn, repeats: int, warmup: bool = True) -> tuple[float, object]:
+    out = fn() if warmup else None  # warm-up (and the result)
     ts = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -95,29 +95,50 @@ def _rss_now_kb() -> int:
         return int(f.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
 
 
-def _peak_child(fn, q):
-    base = _rss_now_kb()
-    fn()
-    q.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)
+def peak_memory_mb(row: str, method: str, k: int, args) -> float:
+    """Extra peak resident memory (MB) of running ``method`` once on one input, measured in a fresh
+    subprocess that builds the same model and input (a forked child of a process whose OpenMP
+    threads have run can deadlock); on a GPU, the CUDA allocator's peak instead."""
+    cmd = [sys.executable, __file__, "--memory-child", row, method, str(k), "--device", args.device,
+           "--vgg-width", str(args.vgg_width), "--seed", str(args.seed)]
+    for flag, val in (("--vgg-weights", args.vgg_weights), ("--resnet-depth", args.resnet_depth),
+                      ("--resnet-width", args.resnet_width), ("--threads", args.threads)):
+        if val is not None:
+            cmd += [flag, str(val)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    try:
+        return float(out.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        print(f"  (memory of {method!r} not measured: {out.stderr.strip().splitlines()[-1:]})")
+        return float("nan")
 
 
-def peak_memory_mb(fn, device: str) -> float:
-    """Extra peak memory (MB) of running ``fn`` once: a forked child on the CPU, the CUDA allocator on a GPU."""
-    if device.startswith("cuda"):
-        import torch
+def _memory_child(row: str, method: str, k: int, args) -> None:
+    """Run one method once on one input and print its extra peak memory in MB."""
+    import torch
 
+    from fisher_ref.backends import TorchBackend
+
+    model, shape, _, _ = _row_model(row, args)
+    X, _ = _inputs(row, shape, 1, args.seed)
+    b = TorchBackend(model, input_shape=shape, device=args.device)
+    b.probabilities(X[:1])
+    fn = _methods(k)[method][1]
+    if args.device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-        fn()
+        fn(b, X[:1], np.random.default_rng(0))
         torch.cuda.synchronize()
-        return (torch.cuda.max_memory_allocated() - base) / 2**20
-    ctx = mp.get_context("fork")
-    q = ctx.Queue()
-    p = ctx.Process(target=_peak_child, args=(fn, q))
-    p.start()
-    p.join()
-    return q.get() / 1024 if p.exitcode == 0 else float("nan")
+        print((torch.cuda.max_memory_allocated() - base) / 2**20)
+        return
+    base = _rss_now_kb()
+    with open("/proc/self/clear_refs", "w") as f:  # reset the peak (VmHWM) to the current RSS
+        f.write("5")
+    fn(b, X[:1], np.random.default_rng(0))
+    with open("/proc/self/status") as f:
+        hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    print((hwm - base) / 1024)
 
 
 # ----------------------------------------------------------------------------------- rows
@@ -167,7 +188,7 @@ def bench_row(row: str, args) -> dict:
     from fisher_ref.backends.torch import export_onnx
 
     model, shape, label, trained = _row_model(row, args)
-    X, data_label = _inputs(row, shape, args.inputs, args.seed)
+    X, data_label = _inputs(row, shape, args.inputs if row == "cifar" else args.imagenet_inputs, args.seed)
     b = TorchBackend(model, input_shape=shape, device=args.device)
     C = b.probabilities(X[:1]).shape[1]
     d = math.prod(shape)
@@ -176,17 +197,23 @@ def bench_row(row: str, args) -> dict:
     res: dict = {"row": row, "label": label, "data": data_label, "C": C, "d": d, "device": str(b.device),
                  "trained": trained, "methods": [], "k_values": list(args.k)}
 
-    t_jac = [_time(lambda: b.class_gradients(X[j:j + 1]), args.repeats)[0] for j in range(len(X))]
+    reps = args.repeats if row == "cifar" else args.imagenet_repeats
+    t_jac = [_time(lambda: b.class_gradients(X[j:j + 1]), reps)[0] for j in range(len(X))]
     t_jac = float(np.median(t_jac))
     res["jacobian_s"] = t_jac
     print(f"  one full input Jacobian (C = {C} class gradients, batched): {t_jac:.4f} s")
 
     exact_spec = {}
     for j in range(len(X)):
-        w, V = fr.fisher_spectrum(b, X[j], k=max(args.k), method="gram", operator="exact")
+        w, V = fr.fisher_spectrum(b, X[j], k=max(max(args.k), max(args.imagenet_k)), method="gram", operator="exact")
         exact_spec[j] = (w, V.reshape(len(w), -1).T)
 
-    for k in args.k:
+    dense_done: dict = {}
+    repeats = args.repeats if row == "cifar" else args.imagenet_repeats
+    warm = row == "cifar"
+    ks = args.k if row == "cifar" else args.imagenet_k
+    res["k_values"] = list(ks)
+    for k in sorted(ks, reverse=True):
         for name, (family, fn) in _methods(k).items():
             if name.startswith("dense") and skip_dense:
                 res["methods"].append({"k": k, "method": name, "family": family, "time_s": None,
@@ -196,25 +223,37 @@ def bench_row(row: str, args) -> dict:
                 res["methods"].append({"k": k, "method": name, "family": family, "time_s": None,
                                        "note": "block power iteration for k = 20 not run at C = 1000 (too slow)"})
                 continue
-            times, errs1, errsk, angles = [], [], [], []
+            if name.startswith("dense") and k != max(ks) and (max(ks), name) in dense_done:
+                # eigh computes every eigenpair: the same run serves every k
+                rec = dict(dense_done[(max(ks), name)], k=k)
+                res["methods"].append(rec)
+                continue
+            times, ratios, errs1, errsk, angles = [], [], [], [], []
+            reps = 1 if name.startswith("dense") else repeats
             for j in range(len(X)):
-                rng = np.random.default_rng(args.seed + j)
+                # the machine's load may change during a run: each method is timed right after a
+                # Jacobian on the same input, and the ratio of the two is the one reported
+                tj, _ = _time(lambda: b.class_gradients(X[j:j + 1]), reps, warmup=False)
                 try:
-                    t, (w, V) = _time(lambda: fn(b, X[j:j + 1], np.random.default_rng(args.seed + j)), args.repeats)
+                    t, (w, V) = _time(lambda: fn(b, X[j:j + 1], np.random.default_rng(args.seed + j)), reps,
+                                      warmup=warm and not name.startswith("dense"))
                 except fr.NoConvergence as exc:
                     t, (w, V) = float("nan"), (exc.eigenvalues, exc.eigenvectors)
                 times.append(t)
+                ratios.append(t / tj)
                 w_t, V_t = exact_spec[j]
                 errs1.append(abs(w[0] - w_t[0]) / w_t[0])
                 errsk.append(float(np.linalg.norm(w[:k] - w_t[:k]) / np.linalg.norm(w_t[:k])))
                 angles.append(float(np.degrees(np.arccos(min(1.0, abs(V[:, 0] @ V_t[:, 0]))))))
             t = float(np.nanmedian(times))
-            mem = peak_memory_mb(lambda: fn(b, X[:1], np.random.default_rng(0)), args.device) if args.memory else None
-            rec = {"k": k, "method": name, "family": family, "time_s": t, "ratio_to_jacobian": t / t_jac,
+            mem = peak_memory_mb(row, name, k, args) if args.memory else None
+            rec = {"k": k, "method": name, "family": family, "time_s": t, "ratio_to_jacobian": float(np.nanmedian(ratios)),
                    "rel_err_top1": float(np.max(errs1)), "rel_err_topk": float(np.max(errsk)),
                    "angle_deg": float(np.max(angles)), "peak_mem_mb": mem}
             res["methods"].append(rec)
-            print(f"  k={k:2d} {name:34s} {t:9.4f} s  {t / t_jac:7.3f} x Jacobian  "
+            if name.startswith("dense"):
+                dense_done[(k, name)] = rec
+            print(f"  k={k:2d} {name:34s} {t:9.4f} s  {rec['ratio_to_jacobian']:7.3f} x Jacobian  "
                   f"err(l1) {rec['rel_err_top1']:.1e}  err(top-{k}) {rec['rel_err_topk']:.1e}  "
                   f"angle {rec['angle_deg']:.2g} deg" + (f"  mem {mem:.0f} MB" if mem is not None else ""))
 
@@ -249,8 +288,8 @@ def bench_row(row: str, args) -> dict:
             ("top-20, auto", lambda: fr.fisher_spectrum(b, X[:1], k=20), lambda: fr.fisher_spectrum(ob, X[:1], k=20)),
             ("batched OSSA", lambda: fr.ossa(Xb, b, epsilon=eps), lambda: fr.ossa(Xb, ob, epsilon=eps)),
         ]:
-            tt, _ = _time(f_t, args.repeats)
-            to, _ = _time(f_o, args.repeats)
+            tt, _ = _time(f_t, reps)
+            to, _ = _time(f_o, reps)
             cmp[what] = {"torch_s": tt, "onnx_s": to, "ratio": to / tt}
             print(f"  ONNX vs torch, {what:36s}: torch {tt:.4f} s, ONNX {to:.4f} s, ratio {to / tt:.2f}")
         w_o, _ = fr.fisher_spectrum(ob, X, k=20, method="gram")
@@ -334,6 +373,9 @@ def main(argv=None) -> int:
     ap.add_argument("--rows", default="cifar,imagenet")
     ap.add_argument("--inputs", type=int, default=3, help="inputs per row")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--imagenet-inputs", type=int, default=1, help="inputs of the ImageNet-shaped row")
+    ap.add_argument("--imagenet-repeats", type=int, default=1)
+    ap.add_argument("--imagenet-k", type=int, nargs="+", default=[20], help="k values of the ImageNet-shaped row")
     ap.add_argument("--k", type=int, nargs="+", default=[1, 20])
     ap.add_argument("--epsilon", type=float, default=1.0)
     ap.add_argument("--ossa-batch", type=int, default=64)
@@ -347,8 +389,16 @@ def main(argv=None) -> int:
     ap.add_argument("--no-memory", dest="memory", action="store_false")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--memory-child", nargs=3, metavar=("ROW", "METHOD", "K"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     import torch
+
+    if args.memory_child:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        row, method, k = args.memory_child
+        _memory_child(row, method, int(k), args)
+        return 0
 
     if args.threads:
         torch.set_num_threads(args.threads)
