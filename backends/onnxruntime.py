@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .._backend import Backend
+from .._backend import Backend, _check_shape
 from .._validation import shape_str
 
 __all__ = ["OnnxBackend"]
@@ -594,14 +594,7 @@ def _select_output(graph, output_name):
 
 def _input_dims(name: str, dims, input_shape) -> tuple[int | None, tuple[int, ...]]:
     """``(fixed batch size or None, input_shape)`` from the declared dims and ``input_shape=``."""
-    given = None
-    if input_shape is not None:
-        try:
-            given = tuple(int(s) for s in input_shape)
-        except Exception as exc:
-            raise TypeError(f"input_shape must be a tuple of positive ints, got {input_shape!r}") from exc
-        if not given or any(s <= 0 for s in given):
-            raise ValueError(f"input_shape must be a non-empty tuple of positive ints, got {input_shape!r}")
+    given = None if input_shape is None else _check_shape(input_shape)
     if dims is None:
         if given is None:
             raise ValueError(f"model input {name!r} declares no shape, so input_shape cannot be inferred: "

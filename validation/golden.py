@@ -69,19 +69,23 @@ def _numpy_case(name, model, X, description):
             a = act
         z = model.weights[-1] @ a + model.biases[-1]
         J = model.weights[-1] @ J
-        logp = _log_softmax(z[None])[0]
-        p = np.exp(logp)
-        seeds = p[None, :] - np.eye(p.size)
-        seeds[np.diag_indices(p.size)] = np.expm1(logp)
-        grads = seeds @ J
-        w, V = _dense_answers(p, grads, K)
-        label = int(np.argmax(p))
         logp_fn = lambda xx: _log_softmax(model.logits(xx)[0][None])[0]
-        eta, defined = _ossa_eta(logp_fn, x, V[0].reshape(x.shape), label, EPSILON)
-        for key, val in zip(out, (p, grads.reshape((p.size,) + x.shape), w, V.reshape((K,) + x.shape), label, eta,
-                                  defined)):
+        for key, val in zip(out, _answers(_log_softmax(z[None])[0], J, x, logp_fn)):
             out[key].append(val)
     return {k: np.stack(v) for k, v in out.items()}
+
+
+def _answers(logp: np.ndarray, J: np.ndarray, x: np.ndarray, logp_fn):
+    """Expected values from log p and the logit Jacobian J (C, d): g_i = J^T (p - e_i) with
+    p_i - 1 = expm1(log p_i), eigh of the dense FIM, OSSA's eta."""
+    p = np.exp(logp)
+    seeds = p[None, :] - np.eye(p.size)
+    seeds[np.diag_indices(p.size)] = np.expm1(logp)
+    grads = seeds @ J
+    w, V = _dense_answers(p, grads, K)
+    label = int(np.argmax(p))
+    eta, defined = _ossa_eta(logp_fn, x, V[0].reshape(x.shape), label, EPSILON)
+    return p, grads.reshape((p.size,) + x.shape), w, V.reshape((K,) + x.shape), label, eta, defined
 
 
 def _torch_case(model, X):
@@ -93,16 +97,7 @@ def _torch_case(model, X):
     for x in X:
         xt = torch.tensor(x)
         J = torch.autograd.functional.jacobian(lambda a: m64(a[None])[0], xt).reshape(-1, x.size).numpy()
-        logp = logp_fn(x)
-        p = np.exp(logp)
-        seeds = p[None, :] - np.eye(p.size)
-        seeds[np.diag_indices(p.size)] = np.expm1(logp)
-        grads = seeds @ J
-        w, V = _dense_answers(p, grads, K)
-        label = int(np.argmax(p))
-        eta, defined = _ossa_eta(logp_fn, x, V[0].reshape(x.shape), label, EPSILON)
-        for key, val in zip(out, (p, grads.reshape((p.size,) + x.shape), w, V.reshape((K,) + x.shape), label, eta,
-                                  defined)):
+        for key, val in zip(out, _answers(logp_fn(x), J, x, logp_fn)):
             out[key].append(val)
     return {k: np.stack(v) for k, v in out.items()}
 
