@@ -215,6 +215,8 @@ def bench_row(row: str, args) -> dict:
     res["k_values"] = list(ks)
     for k in sorted(ks, reverse=True):
         for name, (family, fn) in _methods(k).items():
+            if any(s and s in name for s in args.skip):
+                continue
             if name.startswith("dense") and skip_dense:
                 res["methods"].append({"k": k, "method": name, "family": family, "time_s": None,
                                        "note": f"intractable: the dense FIM needs {d * d * 8 / 2**30:.0f} GiB"})
@@ -386,6 +388,8 @@ def main(argv=None) -> int:
     ap.add_argument("--resnet-depth", type=int, default=None)
     ap.add_argument("--resnet-width", type=float, default=None)
     ap.add_argument("--no-onnx", action="store_true")
+    ap.add_argument("--skip", type=lambda s: [t.strip() for t in s.split(",")], default=[],
+                    help="comma-separated substrings: methods whose name contains one are not run")
     ap.add_argument("--no-memory", dest="memory", action="store_false")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(HERE / "results"))

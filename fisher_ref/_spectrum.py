@@ -9,6 +9,7 @@ negative values from rounding are clipped to zero and significant negative ones 
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from dataclasses import dataclass, field
@@ -327,52 +328,104 @@ class _CountingOperator(LinearOperator):
         return self
 
 
+def _clip_rounding(w: np.ndarray, d: int, r: int) -> np.ndarray:
+    """Refuse a non-PSD spectrum, set rounding-size eigenvalues to exact 0 (``w`` of shape (..., m))."""
+    w = np.array(w, dtype=np.float64)
+    if w.size == 0:
+        return w
+    top = w.max(axis=-1, keepdims=True)
+    if np.any(top < 0):
+        raise ValueError(f"the operator has only negative eigenvalues (largest {float(top.min()):.3g}): it is not "
+                         "a Fisher matrix (positive semi-definite)")
+    bad = w < -NEG_RTOL * top - np.finfo(float).tiny
+    if np.any(bad):
+        j = np.flatnonzero(bad.any(axis=-1))[0] if w.ndim > 1 else 0
+        wj, tj = (w[j], top[j, 0]) if w.ndim > 1 else (w, top[0])
+        raise ValueError(f"the operator has a significantly negative eigenvalue {float(wj.min()):.3g} "
+                         f"(largest {float(tj):.3g}): it is not positive semi-definite")
+    w[np.abs(w) <= ZERO_RTOL_FACTOR * max(d, r) * np.finfo(np.float64).eps * top] = 0.0
+    return np.maximum(w, 0.0)
+
+
 def _finalize(w: np.ndarray, V: np.ndarray, k: int, d: int, r: int) -> tuple[np.ndarray, np.ndarray]:
     """Clip rounding, pad with exact zeros past the rank, fix signs."""
-    w = np.asarray(w, dtype=np.float64).copy()
+    w = _clip_rounding(w, d, r)
     V = np.asarray(V, dtype=np.float64)
-    top = float(w.max()) if w.size else 0.0
-    if w.size and top < 0 and abs(top) > 0:
-        raise ValueError(f"the operator has only negative eigenvalues (largest {top:.3g}): it is not a Fisher "
-                         "matrix (positive semi-definite)")
-    scale = max(top, 0.0)
-    if np.any(w < -NEG_RTOL * scale - np.finfo(float).tiny):
-        raise ValueError(f"the operator has a significantly negative eigenvalue {float(w.min()):.3g} "
-                         f"(largest {top:.3g}): it is not positive semi-definite")
-    w[np.abs(w) <= ZERO_RTOL_FACTOR * max(d, r) * np.finfo(np.float64).eps * scale] = 0.0
-    w = np.maximum(w, 0.0)
-    if w.size < k:
-        V = np.concatenate([V, _null_completion(V, d, k - w.size)], axis=1)
-        w = np.concatenate([w, np.zeros(k - w.size)])
-    zero = w == 0
-    if np.any(zero):
-        # vectors of a zero eigenvalue: any orthonormal basis of part of the null space; keep
-        # computed ones only if orthonormal to the rest
-        V = V.copy()
-        keep = ~zero
-        V[:, zero] = _null_completion(V[:, keep], d, int(zero.sum()))
-    order = np.argsort(-w, kind="stable")
-    w, V = w[order], V[:, order]
-    return w, _fix_signs(V)
+    keep = w > 0
+    if np.all(keep) and w.size == k:
+        order = np.argsort(-w, kind="stable")
+        return w[order], _fix_signs(V[:, order])
+    # vectors of a zero eigenvalue (or past the rank): any orthonormal basis of part of the null
+    # space, orthogonal to the kept vectors; computed ones are not kept (they are solver noise)
+    order = np.argsort(-w[keep], kind="stable")
+    Vk = V[:, keep][:, order]
+    w_out = np.zeros(k)
+    w_out[:Vk.shape[1]] = w[keep][order]
+    V_out = np.concatenate([Vk, _null_completion(Vk[None], d, k - Vk.shape[1])[0]], axis=1)
+    return w_out, _fix_signs(V_out)
+
+
+def _finalize_batch(mu: np.ndarray, V: np.ndarray, ranks: np.ndarray, k: int, d: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_finalize` for a stack of Gram results: ``mu`` (n, m) descending, ``V`` (n, d, m).
+
+    Eigenvalues past each input's rank bound are dropped; the null-space completions of all inputs
+    with the same number of kept eigenpairs are built in one batched step. Returns ``(n, k)`` and
+    ``(n, d, k)``.
+    """
+    n, m = mu.shape
+    w = mu.copy()
+    w[np.arange(m)[None, :] >= ranks[:, None]] = 0.0
+    w = _clip_rounding(w, d, int(ranks.max(initial=1)))
+    W = np.zeros((n, k))
+    Vs = np.zeros((n, d, k))
+    n_keep = np.minimum((w > 0).sum(axis=1), k)  # mu is descending: kept eigenvalues are a prefix
+    for nk in np.unique(n_keep):
+        idx = np.flatnonzero(n_keep == nk)
+        W[idx, :nk] = w[idx, :nk]
+        Vs[idx, :, :nk] = V[idx, :, :nk]
+        if nk < k:
+            Vs[idx, :, nk:] = _null_completion(V[idx, :, :nk], d, k - nk)
+    return W, _fix_signs(Vs)
+
+
+@functools.lru_cache(maxsize=32)
+def _null_seed_block(d: int, m: int) -> np.ndarray:
+    """A fixed, seeded orthonormal (d, m) block, the start of every null-space completion."""
+    Q, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((d, m)))
+    Q.setflags(write=False)
+    return Q
 
 
 def _null_completion(V: np.ndarray, d: int, m: int) -> np.ndarray:
-    """m orthonormal vectors orthogonal to the columns of V (a fixed, seeded choice)."""
+    """m orthonormal vectors orthogonal to the orthonormal columns of each ``V[j]`` (a fixed choice).
+
+    ``V`` has shape (n, d, r); returns (n, d, m). The seeded block R is projected off span(V) and
+    orthonormalised by the m x m Gram matrix (Cholesky QR), twice (Kahan's rule): only matrix
+    products and m x m factorisations, so a batch costs O(n d m (r + m)) with no tall QR per input.
+    """
+    n = V.shape[0]
     if m == 0:
-        return np.zeros((d, 0))
-    R = np.random.default_rng(0).standard_normal((d, m))
-    for _ in range(2):  # twice is enough (Kahan)
-        if V.shape[1]:
-            R -= V @ (V.T @ R)
-        R, _ = np.linalg.qr(R)
+        return np.zeros((n, d, 0))
+    R = np.broadcast_to(_null_seed_block(d, m), (n, d, m))
+    Vt = np.swapaxes(V, -1, -2)
+    for _ in range(2):
+        if V.shape[-1]:
+            R = R - V @ (Vt @ R)
+        S = np.swapaxes(R, -1, -2) @ R
+        # R (R^T R)^(-1/2) by the m x m eigendecomposition: orthonormal, span unchanged
+        lam, E = np.linalg.eigh((S + np.swapaxes(S, -1, -2)) / 2)
+        if np.any(lam <= np.finfo(float).eps * d * lam.max(axis=-1, keepdims=True)):
+            raise np.linalg.LinAlgError("null-space completion is rank deficient (r + m > d?)")
+        R = R @ (E / np.sqrt(lam)[..., None, :]) @ np.swapaxes(E, -1, -2)
     return R
 
 
 def _fix_signs(V: np.ndarray) -> np.ndarray:
+    """Flip each column (of a (d, k) matrix or a (n, d, k) stack) so its largest-magnitude entry is positive."""
     if V.size == 0:
         return V
-    idx = np.argmax(np.abs(V), axis=0)
-    s = np.sign(V[idx, np.arange(V.shape[1])])
+    idx = np.argmax(np.abs(V), axis=-2)[..., None, :]
+    s = np.sign(np.take_along_axis(V, idx, axis=-2))
     s[s == 0] = 1.0
     return V * s
 
@@ -483,10 +536,9 @@ def fisher_spectrum(backend: Any, x: Any, k: int = 20, *, method: str = "auto", 
             g = g.reshape(p.shape[0], C, d)
             F = np.sqrt(p)[:, :, None] * g
             mu, V = _gram(F, min(k, C, d))
-            for j in range(p.shape[0]):
-                r = _rank_bound(p[j], g[j])
-                w, Vj = _finalize(mu[j, :min(k, r)], V[j, :, :min(k, r)], k, d, max(r, 1))
-                W[s + j], Vs[s + j], ranks[s + j] = w, Vj.T, r
+            r = np.array([_rank_bound(p[j], g[j]) for j in range(p.shape[0])], dtype=np.int64)
+            w, Vj = _finalize_batch(mu, V, r, k, d)
+            W[s:s + p.shape[0]], Vs[s:s + p.shape[0]], ranks[s:s + p.shape[0]] = w, np.swapaxes(Vj, 1, 2), r
     else:
         for j in range(n):
             if operator == "exact":

@@ -1,0 +1,68 @@
+"""Run the reproduction of the paper's tables and figures.
+
+    python -m paper_results all [--quick] [--data-dir DIR] [--out DIR] [--seed N]
+    python -m paper_results table2 fig3          # some of them
+    python -m paper_results list                 # what there is
+
+Each name runs ``paper_results/<name>_*.py`` (also runnable on its own); results go to
+``paper_results/results/`` (``results/quick/`` with ``--quick``). Computations are cached per chunk
+in ``~/.cache/fisher_ref/paper_results`` (``$FISHER_REF_CACHE``), so an interrupted run resumes;
+``--no-cache`` recomputes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import time
+
+SCRIPTS = {
+    "table1": "table1_timing",
+    "fig2": "fig2_fooling_curves",
+    "table2": "table2_least_perturbation",
+    "table3": "table3_transfer",
+    "fig3": "fig3_eigenvalue_scatter",
+    "fig4": "fig4_eigenvalue_distribution",
+    "table4": "table4_detection",
+    "table5": "table5_generalisation",
+}
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    names = [a for a in argv if not a.startswith("-") and (a in SCRIPTS or a in ("all", "list"))]
+    rest = [a for a in argv if a not in names]
+    if not names:
+        print(__doc__)
+        return 0 if ("-h" in rest or "--help" in rest) else 2
+    if "list" in names:
+        for k, v in SCRIPTS.items():
+            mod = importlib.import_module(f"paper_results.{v}")
+            print(f"{k:7s} {v}.py: {mod.__doc__.splitlines()[0]}")
+        return 0
+    todo = list(SCRIPTS) if "all" in names else names
+    t0 = time.perf_counter()
+    failed = []
+    for name in todo:
+        t = time.perf_counter()
+        print(f"== {name} ({SCRIPTS[name]}.py)", flush=True)
+        mod = importlib.import_module(f"paper_results.{SCRIPTS[name]}")
+        try:
+            mod.main(rest)
+        except SystemExit as exc:  # argparse errors
+            if exc.code:
+                return int(exc.code)
+        except Exception as exc:  # go on with the others, report at the end
+            import traceback
+
+            traceback.print_exc()
+            failed.append(f"{name}: {type(exc).__name__}: {exc}")
+        print(f"== {name}: {time.perf_counter() - t:.0f} s", flush=True)
+    print(f"paper_results: {len(todo) - len(failed)} of {len(todo)} done in {time.perf_counter() - t0:.0f} s")
+    for f in failed:
+        print(f"FAILED {f}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
