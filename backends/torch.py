@@ -8,6 +8,7 @@ extra to install.
 from __future__ import annotations
 
 import copy
+import hashlib
 import importlib
 import math
 from typing import Any, Sequence
@@ -137,6 +138,7 @@ class TorchBackend(Backend):
         self.dtype = np.dtype(str(self.torch_dtype).replace("torch.", ""))
         # float64 for the softmax algebra on (n, C) arrays, except where the device has none
         self._red_dtype = torch.float32 if self.device.type == "mps" else torch.float64
+        self._lin_cache = None  # (key, linearization) of the last Fisher-vector-product input
 
         m = copy.deepcopy(model).to(device=self.device, dtype=self.torch_dtype).eval()
         for prm in m.parameters():
@@ -387,6 +389,41 @@ class TorchBackend(Backend):
             probs.append(self._probs_from_logp(logp))
         return np.concatenate(probs), np.concatenate(grads)
 
+    def _linearization(self, x: np.ndarray, cache: bool):
+        """The forward pass at ``x`` recorded for reverse mode: ``(xs, vjp_fn, p, top, jv_fn)``.
+
+        ``vjp_fn(w)`` is ``J^T w``; ``jv_fn(v)`` is ``J v`` for one tangent, as the reverse-mode
+        derivative of the linear map ``u -> J^T u`` (a second backward pass through the recorded
+        graph: no forward-mode overhead, no repeated forward). With ``cache``, the last one is kept
+        (keyed by the bytes of ``x``), so that the products of one eigensolve at a fixed input, as
+        :class:`~fisher_ref.MatrixFreeFisherOperator` makes them, share one forward pass; the cache
+        holds one recorded graph and is replaced by the next input's.
+        """
+        torch, func = self._torch, self._torch.func
+        key = None
+        if cache:
+            key = (x.shape, x.dtype.str, hashlib.blake2b(np.ascontiguousarray(x).tobytes(), digest_size=16).digest())
+            hit = self._lin_cache
+            if hit is not None and hit[0] == key:
+                return hit[1]
+        self._lin_cache = None  # free the previous graph before recording the next
+        xs = self._to_tensor(x)
+        s, vjp_fn, out = func.vjp(self._scores, xs, has_aux=True)
+        self._check_output(out, 0)
+        logp, top = self._log_softmax(s)
+        p = torch.exp(logp)
+        jv = []  # built on first use: recording the backward pass costs one backward pass
+
+        def jv_fn(t):
+            if not jv:
+                jv.append(func.vjp(lambda u: vjp_fn(u)[0], torch.zeros_like(s))[1])
+            return jv[0](t)[0]
+
+        lin = (xs, vjp_fn, p, top, jv_fn)
+        if cache:
+            self._lin_cache = (key, lin)
+        return lin
+
     def _fisher_vector_product(self, x: np.ndarray, v: np.ndarray) -> np.ndarray:
         torch, func = self._torch, self._torch.func
         n, k = v.shape[:2]
@@ -396,20 +433,25 @@ class TorchBackend(Backend):
         def scores_only(a):
             return self._scores(a)[0]
 
-        for sl in self._batch_slices(n, nb):
-            xs = self._to_tensor(x[sl])
+        slices = self._batch_slices(n, nb)
+        for sl in slices:
+            # one slice (the batch fits the memory budget): keep its recorded forward for the next call
+            xs, vjp_fn, p, top, jv_fn = self._linearization(x[sl], cache=len(slices) == 1)
             vs = self._to_tensor(v[sl].swapaxes(0, 1))  # (k, nj, *shape)
-            s, vjp_fn, out = func.vjp(self._scores, xs, has_aux=True)
-            self._check_output(out, sl.start)
-            logp, top = self._log_softmax(s)
-            p = torch.exp(logp)
             for i in range(0, k, ck):
-                u = func.vmap(lambda t: func.jvp(scores_only, (xs,), (t,))[1])(vs[i:i + ck])  # (c, nj, C)
+                if min(ck, k - i) == 1:
+                    # one tangent: reverse-over-reverse on the recorded graph (about 2 backward passes)
+                    u = jv_fn(vs[i]).unsqueeze(0)
+                else:
+                    # a block: forward mode vmapped over the tangents (cheaper per vector than the above)
+                    u = func.vmap(lambda t: func.jvp(scores_only, (xs,), (t,))[1])(vs[i:i + ck])  # (c, nj, C)
                 u = u.to(self._red_dtype)
                 # (diag p - pp^T) u = p * (u - p.u), with u shifted by its top-class entry (exact as sum p = 1)
                 du = u - u.gather(2, top.unsqueeze(0).expand(u.shape[0], -1, 1))
                 w = p * (du - (p * du).sum(dim=2, keepdim=True))
-                gv = func.vmap(vjp_fn)(w.to(self.torch_dtype))[0]  # (c, nj, *shape)
+                w = w.to(self.torch_dtype)
+                # one cotangent: a plain backward pass (vmap over a batch of one is slower for convolutions)
+                gv = vjp_fn(w[0])[0].unsqueeze(0) if w.shape[0] == 1 else func.vmap(vjp_fn)(w)[0]  # (c, nj, *shape)
                 res[sl, i:i + ck] = gv.transpose(0, 1).to(torch.float64).cpu().numpy()
         return res
 

@@ -136,7 +136,7 @@ def main(argv=None) -> dict:
           "", "l2 norm at which the one-step attacks fool 90% of the correctly classified inputs (interpolated), "
           "and the iterative attacks' fooling rate after the last iteration / the first iteration reaching 90%:", "",
           C.md_table(["data", "model", "FGM eps90", "OTCM eps90", "OSSA eps90", "OSSA eps90 (paper)",
-                      f"BIM final / steps to 90%", "iterative OSSA final / steps to 90%"], tab),
+                      "BIM final / steps to 90%", "iterative OSSA final / steps to 90%"], tab),
           f"Iterative attacks: {SIZES.get(run, 'steps')} steps of 0.05 (MNIST) and 0.025 (CIFAR-10). "
           "The paper gives no numbers for its curves beyond the OSSA eps90 quoted in its text.",
           f"{C.CIFAR_NOTE}."]

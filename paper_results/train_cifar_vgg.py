@@ -165,6 +165,37 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
 
 
+class CheckpointMismatch(Exception):
+    """A checkpoint written with other settings than the run's."""
+
+
+def load_checkpoint(torch, path: Path, config: dict, model, opt, sched, *, restart: bool = False):
+    """Restore model, optimiser, scheduler and RNG states from ``path`` when it exists (and not
+    ``restart``); returns ``(epochs done, history, training seconds)``. Raises CheckpointMismatch
+    (with the differing settings) when ``path`` was written with another ``config``."""
+    if restart or not path.is_file():
+        return 0, [], 0.0
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    if ck["config"] != config:
+        diff = {k: (ck["config"].get(k), v) for k, v in config.items() if ck["config"].get(k) != v}
+        raise CheckpointMismatch(f"{path} was written with other settings (checkpoint, now): {diff}; rerun with "
+                                 "--restart to start again, or pass another --out / --checkpoint-dir")
+    model.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["optimizer"])
+    sched.load_state_dict(ck["scheduler"])
+    torch.set_rng_state(ck["torch_rng"])
+    np.random.set_state(ck["numpy_rng"])
+    return ck["epoch"], ck["history"], ck["train_seconds"]
+
+
+def save_checkpoint(torch, path: Path, config: dict, epoch: int, model, opt, sched, history, train_seconds,
+                    command: str) -> None:
+    save_atomic(torch, dict(config=config, epoch=epoch, model=model.state_dict(), optimizer=opt.state_dict(),
+                            scheduler=sched.state_dict(), torch_rng=torch.get_rng_state(),
+                            numpy_rng=np.random.get_state(), history=history, train_seconds=train_seconds,
+                            command=command), path)
+
+
 # -------------------------------------------------------------------------------------------- main
 def main(argv=None) -> int:
     args = parse_args(argv)
@@ -213,20 +244,13 @@ def main(argv=None) -> int:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, warmup_steps, total_steps))
     loss_fn = torch.nn.CrossEntropyLoss()
 
-    start_epoch, history, train_seconds = 0, [], 0.0
-    if ckpt_path.is_file() and not args.restart:
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if ck["config"] != config:
-            diff = {k: (ck["config"].get(k), v) for k, v in config.items() if ck["config"].get(k) != v}
-            print(f"ERROR: {ckpt_path} was written with other settings (checkpoint, now): {diff}; rerun with "
-                  "--restart to start again, or pass another --out / --checkpoint-dir", file=sys.stderr)
-            return 2
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        torch.set_rng_state(ck["torch_rng"])
-        np.random.set_state(ck["numpy_rng"])
-        start_epoch, history, train_seconds = ck["epoch"], ck["history"], ck["train_seconds"]
+    try:
+        start_epoch, history, train_seconds = load_checkpoint(torch, ckpt_path, config, model, opt, sched,
+                                                              restart=args.restart)
+    except CheckpointMismatch as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 2
+    if start_epoch:
         print(f"resuming from {ckpt_path} after epoch {start_epoch}/{args.epochs} "
               f"({train_seconds:.0f} s of training so far)")
 
@@ -267,10 +291,7 @@ def main(argv=None) -> int:
         print(f"epoch {epoch + 1:2d}/{args.epochs}: train loss {loss_sum / n_train:.4f}, train acc "
               f"{correct / n_train:.2%} (augmented), test acc (first {len(x_mon)}) {acc_mon:.2%}; "
               f"{epoch_seconds:.0f} s (total {train_seconds:.0f} s)", flush=True)
-        save_atomic(torch, dict(config=config, epoch=epoch + 1, model=model.state_dict(),
-                                optimizer=opt.state_dict(), scheduler=sched.state_dict(),
-                                torch_rng=torch.get_rng_state(), numpy_rng=np.random.get_state(),
-                                history=history, train_seconds=train_seconds, command=cmd), ckpt_path)
+        save_checkpoint(torch, ckpt_path, config, epoch + 1, model, opt, sched, history, train_seconds, cmd)
 
     done = len(history)
     if done < args.epochs:

@@ -45,7 +45,8 @@ if str(REPO) not in sys.path:  # run from a checkout
     sys.path.insert(0, str(REPO))
 
 from fisher_ref.datasets import load_mnist  # noqa: E402
-from paper_results.train_cifar_vgg import human_size, lr_factor, save_atomic, sha256  # noqa: E402
+from paper_results.train_cifar_vgg import (CheckpointMismatch, human_size, load_checkpoint, lr_factor,  # noqa: E402
+                                          save_atomic, save_checkpoint, sha256)
 
 MODELS = {
     # name: (factory name, keyword arguments, adversarial training, default epochs)
@@ -167,20 +168,13 @@ def main(argv=None) -> int:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, warmup_steps, total_steps))
     loss_fn = torch.nn.CrossEntropyLoss()
 
-    start_epoch, history, train_seconds = 0, [], 0.0
-    if ckpt_path.is_file() and not args.restart:
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if ck["config"] != config:
-            diff = {k: (ck["config"].get(k), v) for k, v in config.items() if ck["config"].get(k) != v}
-            print(f"ERROR: {ckpt_path} was written with other settings (checkpoint, now): {diff}; rerun with "
-                  "--restart to start again, or pass another --out / --checkpoint-dir", file=sys.stderr)
-            return 2
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        torch.set_rng_state(ck["torch_rng"])
-        np.random.set_state(ck["numpy_rng"])
-        start_epoch, history, train_seconds = ck["epoch"], ck["history"], ck["train_seconds"]
+    try:
+        start_epoch, history, train_seconds = load_checkpoint(torch, ckpt_path, config, model, opt, sched,
+                                                              restart=args.restart)
+    except CheckpointMismatch as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 2
+    if start_epoch:
         print(f"resuming from {ckpt_path} after epoch {start_epoch}/{args.epochs}")
 
     print(f"MNIST: {n_train} training images, {len(x_test)} test images; {args.model} ({MODELS[args.model][0]}"
@@ -230,10 +224,7 @@ def main(argv=None) -> int:
         print(f"epoch {epoch + 1:2d}/{args.epochs}: train loss {loss_sum / n_train:.4f}, train acc "
               f"{correct / n_train:.2%}" + (f", on FGM examples {adv_correct / n_train:.2%}" if adversarial else "")
               + f", test acc (first 2000) {acc:.2%}; {seconds:.0f} s (total {train_seconds:.0f} s)", flush=True)
-        save_atomic(torch, dict(config=config, epoch=epoch + 1, model=model.state_dict(),
-                                optimizer=opt.state_dict(), scheduler=sched.state_dict(),
-                                torch_rng=torch.get_rng_state(), numpy_rng=np.random.get_state(),
-                                history=history, train_seconds=train_seconds, command=cmd), ckpt_path)
+        save_checkpoint(torch, ckpt_path, config, epoch + 1, model, opt, sched, history, train_seconds, cmd)
 
     if len(history) < args.epochs:
         print(f"paused after epoch {len(history)}/{args.epochs}; checkpoint {ckpt_path}; rerun to resume")

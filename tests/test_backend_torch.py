@@ -155,6 +155,36 @@ def test_chunking_agrees_with_default(device, monkeypatch):
     assert b2._blocks(5, 3) == (1, 1)
 
 
+def test_fisher_vector_products_reuse_one_forward_per_input(device):
+    """Products at the same input share one recorded forward pass; another input, or the same
+    array changed in place, gets its own (never a stale result)."""
+    model = tm.tiny_resnet(9)
+    b = TorchBackend(model, device=device, dtype=torch.float64)
+    x = tm.random_inputs(model, 2, seed=9)
+    rng = np.random.default_rng(9)
+    forwards = []
+    b.model.register_forward_hook(lambda *a: forwards.append(1))
+    G = dense_truth(model, x)[2]
+
+    def check(xi, Gi, k):
+        v = rng.standard_normal((1, k, *model.input_shape))
+        assert_rel(b.fisher_vector_product(xi, v)[0].reshape(k, -1), v[0].reshape(k, -1) @ Gi, 1e-10)
+
+    xa = x[:1].copy()
+    check(xa, G[0], 1)
+    n1 = len(forwards)
+    for k in (1, 1, 4, 1):  # single tangents (reverse over reverse) and a block (forward mode)
+        check(xa, G[0], k)
+    assert len(forwards) - n1 == 1  # only the block's forward-mode pass ran the model again
+    check(x[1:2], G[1], 1)  # another input
+    xa[...] = x[1:2]  # the same array, changed in place
+    check(xa, G[1], 1)
+    v = rng.standard_normal((2, 1, *model.input_shape))  # a batch: its own forward, right per input
+    gv = b.fisher_vector_product(x, v)
+    for j in range(2):
+        assert_rel(gv[j, 0].reshape(-1), G[j] @ v[j, 0].reshape(-1), 1e-10)
+
+
 def test_matrix_free_operator_on_torch_backend(device):
     model = tm.mlp_elu(8)
     b = TorchBackend(model, device=device, dtype=torch.float64)

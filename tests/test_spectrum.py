@@ -189,3 +189,37 @@ def test_fisher_spectrum_errors():
         fisher_spectrum(model, np.array([0, np.nan, 0, 0]), k=2)
     with pytest.raises(ValueError, match=r"k must satisfy 1 <= k <= 4 \(the dimension\), got 20"):
         fisher_spectrum(model, np.zeros(4))
+
+
+def test_matrix_free_default_tolerance_follows_the_backend_precision():
+    from fisher_ref._spectrum import matrix_free_tol
+
+    class B32:
+        dtype = np.dtype(np.float32)
+
+    assert matrix_free_tol(B32()) == 8 * float(np.finfo(np.float32).eps)
+    assert matrix_free_tol(object()) == 0.0  # no dtype: float64 semantics
+
+
+def test_blas_threads_are_limited_only_around_backend_products():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from fisher_ref._spectrum import _backend_driven
+    from fisher_ref.backends import bundled_mnist_mlp
+    from fisher_ref.datasets import load_bundled_mnist
+
+    model = bundled_mnist_mlp()
+    x = load_bundled_mnist()[0][0]
+    seen = []
+
+    class Spy(fr.MatrixFreeFisherOperator):
+        def _matmat(self, V):
+            seen.append(max(i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"))
+            return super()._matmat(V)
+
+    op = Spy(model, x)
+    w, _ = fr.top_eigenpairs(op, 3, method="lanczos")
+    assert seen and set(seen) == {1}
+    with _backend_driven(fr.FisherOperator(*[a[0] for a in model.class_gradients(x)])):
+        pass  # a NumPy operator: nothing limited (no error, no effect)
+    w_ref = np.linalg.eigvalsh(fr.fisher_matrix(*[a[0] for a in model.class_gradients(x)]))[::-1][:3]
+    np.testing.assert_allclose(w, w_ref, rtol=1e-9)
