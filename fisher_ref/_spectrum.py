@@ -407,9 +407,9 @@ def _finalize_batch(mu: np.ndarray, V: np.ndarray, ranks: np.ndarray, k: int, d:
 
 
 @functools.lru_cache(maxsize=32)
-def _null_seed_block(d: int, m: int) -> np.ndarray:
+def _null_seed_block(d: int, m: int, attempt: int = 0) -> np.ndarray:
     """A fixed, seeded orthonormal (d, m) block, the start of every null-space completion."""
-    Q, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((d, m)))
+    Q, _ = np.linalg.qr(np.random.default_rng([0x5EED, d, attempt]).standard_normal((d, m)))
     Q.setflags(write=False)
     return Q
 
@@ -417,25 +417,37 @@ def _null_seed_block(d: int, m: int) -> np.ndarray:
 def _null_completion(V: np.ndarray, d: int, m: int) -> np.ndarray:
     """m orthonormal vectors orthogonal to the orthonormal columns of each ``V[j]`` (a fixed choice).
 
-    ``V`` has shape (n, d, r); returns (n, d, m). The seeded block R is projected off span(V) and
+    ``V`` has shape (n, d, r); returns (n, d, m). A seeded block R is projected off span(V) and
     orthonormalised by the m x m Gram matrix (Cholesky QR), twice (Kahan's rule): only matrix
     products and m x m factorisations, so a batch costs O(n d m (r + m)) with no tall QR per input.
+    Where the projected block is (nearly) rank deficient - R almost inside span(V) - the next
+    seeded block is tried for those inputs.
     """
-    n = V.shape[0]
+    n, r = V.shape[0], V.shape[-1]
     if m == 0:
         return np.zeros((n, d, 0))
-    R = np.broadcast_to(_null_seed_block(d, m), (n, d, m))
-    Vt = np.swapaxes(V, -1, -2)
-    for _ in range(2):
-        if V.shape[-1]:
-            R = R - V @ (Vt @ R)
-        S = np.swapaxes(R, -1, -2) @ R
-        # R (R^T R)^(-1/2) by the m x m eigendecomposition: orthonormal, span unchanged
-        lam, E = np.linalg.eigh((S + np.swapaxes(S, -1, -2)) / 2)
-        if np.any(lam <= np.finfo(float).eps * d * lam.max(axis=-1, keepdims=True)):
-            raise np.linalg.LinAlgError("null-space completion is rank deficient (r + m > d?)")
-        R = R @ (E / np.sqrt(lam)[..., None, :]) @ np.swapaxes(E, -1, -2)
-    return R
+    if r + m > d:
+        raise ValueError(f"cannot complete {r} vectors with {m} more orthonormal ones in dimension {d}")
+    out = np.empty((n, d, m))
+    todo = np.arange(n)
+    for attempt in range(8):
+        Vt = V[todo]
+        R = np.broadcast_to(_null_seed_block(d, m, attempt), (todo.size, d, m))
+        good = np.ones(todo.size, dtype=bool)
+        for _ in range(2):
+            if r:
+                R = R - Vt @ (np.swapaxes(Vt, -1, -2) @ R)
+            S = np.swapaxes(R, -1, -2) @ R
+            # R (R^T R)^(-1/2) by the m x m eigendecomposition: orthonormal, span unchanged
+            lam, E = np.linalg.eigh((S + np.swapaxes(S, -1, -2)) / 2)
+            good &= lam.min(axis=-1) > 1e-6  # R has unit columns: below this, too close to span(V)
+            lam = np.where(lam > 0, lam, 1.0)
+            R = R @ (E / np.sqrt(lam)[..., None, :]) @ np.swapaxes(E, -1, -2)
+        out[todo[good]] = R[good]
+        todo = todo[~good]
+        if not todo.size:
+            return out
+    raise np.linalg.LinAlgError("null-space completion failed for 8 seeded blocks")  # pragma: no cover
 
 
 def _fix_signs(V: np.ndarray) -> np.ndarray:

@@ -36,7 +36,7 @@ def scatter_data(run: C.Run, dataset: str, n: int, rng: np.random.Generator) -> 
         lp = fr.least_perturbation("ossa", x[sub], backend, labels=y[sub], lo=0.0, hi=HI, tol=1e-3)
         return {"index": sub, "lambda1": w[:, 0], "least": lp}
 
-    res = run.chunked(compute, idx, chunk=CHUNK[dataset], desc=f"{dataset} spectra", key=("fig3", C.model_tag(key), HI))
+    res = run.chunked(compute, idx, chunk=CHUNK[dataset], desc=f"{dataset} spectra", key=("fig3", C.model_tag(key), HI, "scan24"))
     res["model"] = spec.name
     res["accuracy"] = float(np.mean(pred == y[pool]))
     return res

@@ -74,15 +74,15 @@ def main(argv=None) -> dict:
     head = ["tested on \\ crafted from", *NAMES]
     ours = [[NAMES[t], *(C.pct(rate[t, s]) for s in range(4))] for t in range(4)]
     paper = [[NAMES[t], *(f"{v:.2f}" for v in C.PAPER["table3"][NAMES[t]])] for t in range(4)]
-    diff = [[NAMES[t], *(f"{100 * rate[t, s] - C.PAPER['table3'][NAMES[t]][s]:+.1f}" for s in range(4))]
-            for t in range(4)]
+    diff = [[NAMES[t], *(f"{100 * rate[t, s] - C.PAPER['table3'][NAMES[t]][s]:+.1f}" if np.isfinite(rate[t, s])
+                         else "-" for s in range(4))] for t in range(4)]
     adv_on_plain = np.nanmean([rate[t, s] for t in (0, 1) for s in (2, 3)])
     plain_on_adv = np.nanmean([rate[t, s] for t in (2, 3) for s in (0, 1)])
     md = ["# Table 3: cross-model fooling rates of OSSA (eps = 2.0), MNIST", "",
           "Ours (%):", "", C.md_table(head, ours),
           "Paper (%):", "", C.md_table(head, paper),
           "Ours minus paper (points):", "", C.md_table(head, diff),
-          C.md_table(["model", "architecture", "test accuracy (10,000)", "white-box OSSA fooling at eps 2",
+          C.md_table(["model", "architecture", f"accuracy on the {len(idx)} test inputs", "white-box OSSA fooling at eps 2",
                       "OSSA examples crafted"],
                      [[NAMES[i], f"`{C.MODELS[k].factory}({', '.join(f'{a}={v!r}' for a, v in C.MODELS[k].kwargs.items())})`",
                        C.pct(acc[i]) + "%", C.pct(white[i]) + "%", int(n_src[i])] for i, k in enumerate(KEYS)]),

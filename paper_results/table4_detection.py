@@ -40,7 +40,7 @@ SIZES = C.Sizes(full={"mnist": 1000, "cifar": 500, "train": 5000},
 OPT_OPTIONS = {"mnist": {"binary_search_steps": 5, "max_iter": 60}, "cifar": {"binary_search_steps": 4, "max_iter": 50}}
 OPT_OPTIONS_QUICK = {"binary_search_steps": 2, "max_iter": 10}
 DETECTORS = ("KD", "BU", "KD+BU", "LID", "Ours", "Ours + growth")
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 
 
 def detectors(backend, spec, X_train, y_train, seed):

@@ -118,6 +118,31 @@ def test_least_perturbation_matches_brute_force_on_a_linear_model():
             assert first - tol / 4 <= lp[j] <= first + tol + 1e-12, (j, lp[j], first)
 
 
+def test_least_perturbation_finds_the_first_success_when_it_is_not_monotone():
+    """An attack that fools only for epsilon in [0.7, 1.9]: a plain binary search on [0, 6] tests 6
+    first and reports "never"; the scan finds the first crossing, within tol."""
+    model = LogisticRegressionModel.random((4,), 3, rng=0)
+    X = np.random.default_rng(0).uniform(0, 1, (3, 4))
+    windows = np.array([[0.7, 1.9], [2.6, 2.9], [7.0, 8.0]])  # the last: never within [0, 6]
+    seen = {}
+
+    def window_attack(x, backend, *, epsilon, labels, bounds):
+        rows = [int(np.flatnonzero(np.all(X == xi, axis=1))[0]) for xi in np.atleast_2d(x)]
+        seen.setdefault("calls", 0)
+        seen["calls"] += 1
+        ok = (windows[rows, 0] <= epsilon) & (epsilon <= windows[rows, 1])
+        return type("R", (), {"success": ok})()
+
+    lp = least_perturbation(window_attack, X, model, n_scan=24, tol=1e-3)
+    assert lp[0] == pytest.approx(0.7, abs=1e-3) and lp[0] >= 0.7
+    assert lp[1] == pytest.approx(2.6, abs=1e-3) and lp[1] >= 2.6
+    assert np.isinf(lp[2])
+    plain = least_perturbation(window_attack, X, model, tol=1e-3)  # callables default to n_scan=1
+    assert np.all(np.isinf(plain))
+    with pytest.raises(ValueError, match="n_scan must be a positive int"):
+        least_perturbation("fgm", X, model, n_scan=0)
+
+
 @pytest.mark.parametrize("attack", ["ossa", "otcm", "bim", fr.fgm, fr.iterative_ossa])
 def test_least_perturbation_result_fools(attack):
     model = MLPModel.random((9,), 3, (6,), scale=3.0, rng=11)

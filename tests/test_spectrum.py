@@ -223,3 +223,20 @@ def test_blas_threads_are_limited_only_around_backend_products():
         pass  # a NumPy operator: nothing limited (no error, no effect)
     w_ref = np.linalg.eigvalsh(fr.fisher_matrix(*[a[0] for a in model.class_gradients(x)]))[::-1][:3]
     np.testing.assert_allclose(w, w_ref, rtol=1e-9)
+
+
+@pytest.mark.parametrize("d, r, m", [(2, 1, 1), (6, 3, 3), (50, 9, 11)])
+def test_null_completion_is_orthonormal_even_when_the_seed_lies_in_span_v(d, r, m):
+    from fisher_ref._spectrum import _null_completion, _null_seed_block
+
+    rng = np.random.default_rng(d)
+    V = np.stack([np.linalg.qr(rng.standard_normal((d, r)))[0] for _ in range(4)])
+    # the worst case for the seeded start: it lies inside span(V) of the first input
+    V[0, :, :min(r, m)] = _null_seed_block(d, m)[:, :min(r, m)]
+    V[0] = np.linalg.qr(V[0])[0]
+    N = _null_completion(V, d, m)
+    for j in range(4):
+        Q = np.concatenate([V[j], N[j]], axis=1)
+        np.testing.assert_allclose(Q.T @ Q, np.eye(r + m), atol=1e-12)
+    with pytest.raises(ValueError, match="cannot complete"):
+        _null_completion(V, d, d - r + 1)
