@@ -1,6 +1,7 @@
 """Benchmark: the paper's Table 1 methods beside fisher_ref's exact methods, as ratios in one run.
 
-Rows: a CIFAR-10-shaped VGG (3 x 32 x 32, C = 10; the paper's shallow VGG-16) and an
+Rows: the bundled MNIST LeNet-5 (1 x 28 x 28, C = 10: a small model, where per-call overhead
+matters), a CIFAR-10-shaped VGG (3 x 32 x 32, C = 10; the paper's shallow VGG-16) and an
 ImageNet-shaped ResNet (3 x 224 x 224, C = 1000; ResNet-152 on a GPU, a smaller ResNet on the CPU,
 said in the output). For each row, on the same model and inputs:
 
@@ -19,7 +20,7 @@ said in the output). For each row, on the same model and inputs:
 
 Writes Markdown and CSV into ``--out`` (default ``benchmarks/results``); never asserts on time.
 
-    python benchmarks/bench_spectrum.py                 # both rows, CPU defaults
+    python benchmarks/bench_spectrum.py                 # all three rows, CPU defaults
     python benchmarks/bench_spectrum.py --rows cifar --inputs 4 --repeats 3
 """
 
@@ -31,7 +32,6 @@ import json
 import math
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -147,7 +147,14 @@ def _row_model(row: str, args):
 
     from fisher_ref.backends import torch_models as tm
 
-    if row == "cifar":
+    if row == "mnist":
+        from fisher_ref.backends import bundled_path
+
+        model = tm.lenet5(dropout=0.5)
+        label = "LeNet-5 (the bundled one), MNIST shape 1x28x28, C=10"
+        shape = (1, 28, 28)
+        weights = str(bundled_path("mnist_lenet.pt"))
+    elif row == "cifar":
         model = tm.vgg_cifar(width=args.vgg_width)
         label = f"VGG (paper's VGG-16 without conv4-1..conv5-3, width {args.vgg_width:g}), CIFAR-10 shape 3x32x32, C=10"
         shape = (3, 32, 32)
@@ -168,6 +175,12 @@ def _row_model(row: str, args):
 
 
 def _inputs(row: str, shape, n: int, seed: int) -> tuple[np.ndarray, str]:
+    if row == "mnist":
+        from fisher_ref.datasets import load_bundled_mnist
+
+        imgs = load_bundled_mnist()[0]
+        sel = np.random.default_rng(seed).choice(len(imgs), n, replace=False)
+        return imgs[sel], "bundled MNIST test images"
     if row == "cifar":
         try:
             from fisher_ref.datasets import load_cifar10
@@ -181,14 +194,14 @@ def _inputs(row: str, shape, n: int, seed: int) -> tuple[np.ndarray, str]:
 
 
 def bench_row(row: str, args) -> dict:
-    import torch
 
     import fisher_ref as fr
     from fisher_ref.backends import OnnxBackend, TorchBackend
     from fisher_ref.backends.torch import export_onnx
 
     model, shape, label, trained = _row_model(row, args)
-    X, data_label = _inputs(row, shape, args.inputs if row == "cifar" else args.imagenet_inputs, args.seed)
+    small = row != "imagenet"
+    X, data_label = _inputs(row, shape, args.inputs if small else args.imagenet_inputs, args.seed)
     b = TorchBackend(model, input_shape=shape, device=args.device)
     C = b.probabilities(X[:1]).shape[1]
     d = math.prod(shape)
@@ -197,7 +210,7 @@ def bench_row(row: str, args) -> dict:
     res: dict = {"row": row, "label": label, "data": data_label, "C": C, "d": d, "device": str(b.device),
                  "trained": trained, "methods": [], "k_values": list(args.k)}
 
-    reps = args.repeats if row == "cifar" else args.imagenet_repeats
+    reps = args.repeats if small else args.imagenet_repeats
     t_jac = [_time(lambda: b.class_gradients(X[j:j + 1]), reps)[0] for j in range(len(X))]
     t_jac = float(np.median(t_jac))
     res["jacobian_s"] = t_jac
@@ -209,9 +222,9 @@ def bench_row(row: str, args) -> dict:
         exact_spec[j] = (w, V.reshape(len(w), -1).T)
 
     dense_done: dict = {}
-    repeats = args.repeats if row == "cifar" else args.imagenet_repeats
-    warm = row == "cifar"
-    ks = args.k if row == "cifar" else args.imagenet_k
+    repeats = args.repeats if small else args.imagenet_repeats
+    warm = small
+    ks = args.k if small else args.imagenet_k
     res["k_values"] = list(ks)
     for k in sorted(ks, reverse=True):
         for name, (family, fn) in _methods(k).items():
@@ -268,7 +281,7 @@ def bench_row(row: str, args) -> dict:
           f"Alias+Lanczos {alias_res.fooling_rate:.1%} ({len(X)} inputs)")
 
     # batched OSSA vs a per-input loop
-    nb = args.ossa_batch if row == "cifar" else min(args.ossa_batch, 4)
+    nb = (args.ossa_batch * (4 if row == "mnist" else 1)) if small else min(args.ossa_batch, 4)
     Xb = np.concatenate([X] * (nb // len(X) + 1))[:nb]
     t_batch, _ = _time(lambda: fr.ossa(Xb, b, epsilon=eps), 1)
     t_loop, _ = _time(lambda: [fr.ossa(x, b, epsilon=eps) for x in Xb], 1)
@@ -313,7 +326,7 @@ def write(results: list[dict], out: Path, machine: str) -> None:
                 w.writerow([r["row"], r["C"], r["d"], r["device"], m["k"], m["method"], m["family"], m.get("time_s"),
                             m.get("ratio_to_jacobian"), m.get("rel_err_top1"), m.get("rel_err_topk"),
                             m.get("angle_deg"), m.get("peak_mem_mb"), m.get("note", "")])
-    lines = [f"# Spectrum benchmark\n", f"Machine: {machine}\n",
+    lines = ["# Spectrum benchmark\n", f"Machine: {machine}\n",
              "Times are medians per input; ratios are to one full input Jacobian (all C class gradients, "
              "batched) measured in the same run on the same model and inputs.\n"]
     for r in results:
@@ -372,7 +385,7 @@ def _targets(r: dict) -> list[str]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rows", default="cifar,imagenet")
+    ap.add_argument("--rows", default="mnist,cifar,imagenet")
     ap.add_argument("--inputs", type=int, default=3, help="inputs per row")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--imagenet-inputs", type=int, default=1, help="inputs of the ImageNet-shaped row")

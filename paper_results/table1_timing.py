@@ -54,7 +54,7 @@ def main(argv=None) -> dict:
         bargs += ["--rows", "cifar", "--inputs", "1", "--repeats", "1", "--k", "1", "--ossa-batch", "4",
                   "--no-memory", "--no-onnx", "--skip", "dense,matrix-free"]
     else:
-        bargs += ["--rows", "cifar,imagenet", "--inputs", "5", "--repeats", "3", "--k", "1", "20",
+        bargs += ["--rows", "mnist,cifar,imagenet", "--inputs", "5", "--repeats", "3", "--k", "1", "20",
                   "--imagenet-k", "1", "20", "--ossa-batch", "32"]
     _bench().main(bargs)
     res = json.loads((out / "spectrum_methods.json").read_text())
@@ -63,7 +63,8 @@ def main(argv=None) -> dict:
 
     rows, md_rows, summary = [], [], {"machine": res["machine"], "rows": {}}
     for r in res["results"]:
-        label = "CIFAR-10" if r["row"] == "cifar" else "ILSVRC-2012"
+        label = {"mnist": "MNIST", "cifar": "CIFAR-10", "imagenet": "ILSVRC-2012"}[r["row"]]
+        paper = C.PAPER["table1"].get(label)
         by = {m["method"]: m for m in r["methods"] if m["k"] == 1}
         cells, srow = [], {}
         for col, meth in PAPER_METHODS.items():
@@ -71,12 +72,13 @@ def main(argv=None) -> dict:
             t = m.get("time_s") if m else None
             srow[col] = t
             cells.append("intractable" if m and t is None else ("-" if t is None else f"{t:.3f} ({m['ratio_to_jacobian']:.2f} J)"))
-            rows.append([label, col, t, m.get("ratio_to_jacobian") if m else None, C.PAPER["table1"][label][col]])
+            rows.append([label, col, t, m.get("ratio_to_jacobian") if m else None, paper[col] if paper else None])
         ours = [by[o] for o in OURS if o in by and by[o].get("time_s") is not None]
         best = min(ours, key=lambda m: m["time_s"]) if ours else None
         md_rows.append([f"{label} (ours: {r['label']})", *cells,
                         f"{best['time_s']:.3f} ({best['ratio_to_jacobian']:.2f} J, {best['method']})" if best else "-"])
-        md_rows.append([f"{label} (paper)", *(C.PAPER["table1"][label][c] for c in PAPER_METHODS), "-"])
+        if paper:
+            md_rows.append([f"{label} (paper)", *(paper[c] for c in PAPER_METHODS), "-"])
         summary["rows"][label] = dict(model=r["label"], jacobian_s=r["jacobian_s"], paper_methods=srow,
                                       ours=best["method"] if best else None, ours_s=best["time_s"] if best else None)
     run.write_table("table1_timing", ["row", "method", "seconds_per_input", "ratio_to_jacobian", "paper"], rows)
