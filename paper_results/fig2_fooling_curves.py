@@ -140,7 +140,8 @@ def main(argv=None) -> dict:
                            iterative_final={a: float(r[-1]) for a, r in irates.items()},
                            iterative_steps_to_90={a: (int(np.argmax(r >= 0.9)) + 1 if np.any(r >= 0.9) else None)
                                                   for a, r in irates.items()})
-        al = alignment(run, ds, rng, SIZES.get(run, "one_step"))
+        # its own generator, so that adding this measurement left the attacks' inputs unchanged
+        al = alignment(run, ds, np.random.default_rng([run.args.seed, 2]), SIZES.get(run, "one_step"))
         summary[ds]["cos_v1_gradient"] = {q: float(np.quantile(al["cos"], v)) for q, v in
                                           (("p10", 0.1), ("median", 0.5), ("p90", 0.9))}
         summary[ds]["median_top_probability"] = float(np.median(al["p_top"]))

@@ -66,6 +66,18 @@ def default_out(width: float, activation: str) -> Path:
     return REPO / "paper_results" / "models" / f"vgg_cifar_w{width:g}{suffix}.pt"
 
 
+def add_run_arguments(p: argparse.ArgumentParser, default_out: str) -> None:
+    """The options every training script shares: seed, threads, output, checkpoints, progress."""
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default=None, help=f"state dict path (default {default_out})")
+    p.add_argument("--checkpoint-dir", default=None, help="default: <folder of --out>/checkpoints")
+    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start again")
+    p.add_argument("--pause-after", type=int, default=None, metavar="N",
+                   help="stop after N epochs of this run; rerun the same command to resume")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", default=None, help="folder with CIFAR-10 (default: the shared data)")
@@ -81,14 +93,7 @@ def parse_args(argv=None):
                    help="train on the first N training images only (class-balanced prefix); default all 50,000")
     p.add_argument("--eval-limit", type=int, default=2000,
                    help="test images used for the accuracy printed after each epoch (the final one uses all)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", default=None, help="state dict path (default paper_results/models/vgg_cifar_w{width}.pt)")
-    p.add_argument("--checkpoint-dir", default=None, help="default: <folder of --out>/checkpoints")
-    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start again")
-    p.add_argument("--pause-after", type=int, default=None, metavar="N",
-                   help="stop after N epochs of this run; rerun the same command to resume")
-    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+    add_run_arguments(p, "paper_results/models/vgg_cifar_w{width}.pt")
     args = p.parse_args(argv)
     if args.epochs < 1 or args.batch_size < 1 or args.width <= 0:
         p.error("--epochs, --batch-size and --width must be positive")
@@ -188,6 +193,24 @@ def load_checkpoint(torch, path: Path, config: dict, model, opt, sched, *, resta
     return ck["epoch"], ck["history"], ck["train_seconds"]
 
 
+def cosine_schedule(torch, opt, steps_per_epoch: int, epochs: int, warmup_steps: int):
+    """Linear warm-up over ``warmup_steps`` then cosine decay to 0, stepped per batch."""
+    total = epochs * steps_per_epoch
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, warmup_steps, total))
+
+
+def resume(torch, path: Path, config: dict, model, opt, sched, args):
+    """:func:`load_checkpoint` for a script: ``None`` (after saying why) on a mismatching checkpoint."""
+    try:
+        state = load_checkpoint(torch, path, config, model, opt, sched, restart=args.restart)
+    except CheckpointMismatch as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return None
+    if state[0]:
+        print(f"resuming from {path} after epoch {state[0]}/{args.epochs} ({state[2]:.0f} s of training so far)")
+    return state
+
+
 def save_checkpoint(torch, path: Path, config: dict, epoch: int, model, opt, sched, history, train_seconds,
                     command: str) -> None:
     save_atomic(torch, dict(config=config, epoch=epoch, model=model.state_dict(), optimizer=opt.state_dict(),
@@ -239,20 +262,12 @@ def main(argv=None) -> int:
                            {"params": no_decay, "weight_decay": 0.0}],
                           lr=args.lr, momentum=args.momentum, nesterov=args.momentum > 0)
     steps_per_epoch = math.ceil(n_train / args.batch_size)
-    total_steps = args.epochs * steps_per_epoch
-    warmup_steps = max(1, round(args.warmup_epochs * steps_per_epoch))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, warmup_steps, total_steps))
+    sched = cosine_schedule(torch, opt, steps_per_epoch, args.epochs, max(1, round(args.warmup_epochs * steps_per_epoch)))
     loss_fn = torch.nn.CrossEntropyLoss()
-
-    try:
-        start_epoch, history, train_seconds = load_checkpoint(torch, ckpt_path, config, model, opt, sched,
-                                                              restart=args.restart)
-    except CheckpointMismatch as exc:
-        print(f"ERROR: {exc}", file=sys.stderr)
+    state = resume(torch, ckpt_path, config, model, opt, sched, args)
+    if state is None:
         return 2
-    if start_epoch:
-        print(f"resuming from {ckpt_path} after epoch {start_epoch}/{args.epochs} "
-              f"({train_seconds:.0f} s of training so far)")
+    start_epoch, history, train_seconds = state
 
     print(f"{data_name}: {n_train} training images{' (--train-limit)' if args.train_limit else ''}, "
           f"{len(x_test)} test images; vgg_cifar(width={args.width:g}, activation={args.activation!r}) "

@@ -45,7 +45,7 @@ if str(REPO) not in sys.path:  # run from a checkout
     sys.path.insert(0, str(REPO))
 
 from fisher_ref.datasets import load_mnist  # noqa: E402
-from paper_results.train_cifar_vgg import (CheckpointMismatch, human_size, load_checkpoint, lr_factor,  # noqa: E402
+from paper_results.train_cifar_vgg import (add_run_arguments, cosine_schedule, human_size, resume,  # noqa: E402
                                           save_atomic, save_checkpoint, sha256)
 
 MODELS = {
@@ -82,14 +82,7 @@ def parse_args(argv=None):
     p.add_argument("--adv-epsilon", type=float, default=3.0,
                    help="l2 FGM radius of adversarial training: eps ~ U[0, this] per example (adv models only)")
     p.add_argument("--train-limit", type=int, default=None, help="train on the first N training images only")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", default=None, help="state dict path (default paper_results/models/mnist_<model>.pt)")
-    p.add_argument("--checkpoint-dir", default=None, help="default: <folder of --out>/checkpoints")
-    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start again")
-    p.add_argument("--pause-after", type=int, default=None, metavar="N",
-                   help="stop after N epochs of this run; rerun the same command to resume")
-    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+    add_run_arguments(p, "paper_results/models/mnist_<model>.pt")
     args = p.parse_args(argv)
     if args.epochs is None:
         args.epochs = MODELS[args.model][3]
@@ -163,19 +156,12 @@ def main(argv=None) -> int:
     n_params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     steps_per_epoch = math.ceil(n_train / args.batch_size)
-    total_steps = args.epochs * steps_per_epoch
-    warmup_steps = max(1, steps_per_epoch // 2)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, warmup_steps, total_steps))
+    sched = cosine_schedule(torch, opt, steps_per_epoch, args.epochs, max(1, steps_per_epoch // 2))
     loss_fn = torch.nn.CrossEntropyLoss()
-
-    try:
-        start_epoch, history, train_seconds = load_checkpoint(torch, ckpt_path, config, model, opt, sched,
-                                                              restart=args.restart)
-    except CheckpointMismatch as exc:
-        print(f"ERROR: {exc}", file=sys.stderr)
+    state = resume(torch, ckpt_path, config, model, opt, sched, args)
+    if state is None:
         return 2
-    if start_epoch:
-        print(f"resuming from {ckpt_path} after epoch {start_epoch}/{args.epochs}")
+    start_epoch, history, train_seconds = state
 
     print(f"MNIST: {n_train} training images, {len(x_test)} test images; {args.model} ({MODELS[args.model][0]}"
           f"{MODELS[args.model][1]}) {n_params:,} parameters; adversarial training: "
