@@ -10,16 +10,15 @@ the label).
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ._backend import Backend, as_backend
+from ._backend import as_backend
 from ._spectrum import fisher_spectrum
-from ._validation import check_bounds, check_epsilon, check_labels, check_rng, as_float_array
+from ._validation import check_bounds, check_epsilon, check_labels, check_rng
 
 __all__ = [
     "AttackResult",

@@ -347,7 +347,7 @@ class _CountingOperator(LinearOperator):
 
 
 def _clip_rounding(w: np.ndarray, d: int, r: int) -> np.ndarray:
-    """Refuse a non-PSD spectrum, set rounding-size eigenvalues to exact 0 (``w`` of shape (..., m))."""
+    """Refuse a non-PSD spectrum, set rounding-size eigenvalues to exact 0 (``w`` of shape (n, m))."""
     w = np.array(w, dtype=np.float64)
     if w.size == 0:
         return w
@@ -357,43 +357,37 @@ def _clip_rounding(w: np.ndarray, d: int, r: int) -> np.ndarray:
                          "a Fisher matrix (positive semi-definite)")
     bad = w < -NEG_RTOL * top - np.finfo(float).tiny
     if np.any(bad):
-        j = np.flatnonzero(bad.any(axis=-1))[0] if w.ndim > 1 else 0
-        wj, tj = (w[j], top[j, 0]) if w.ndim > 1 else (w, top[0])
-        raise ValueError(f"the operator has a significantly negative eigenvalue {float(wj.min()):.3g} "
-                         f"(largest {float(tj):.3g}): it is not positive semi-definite")
+        j = np.flatnonzero(bad.any(axis=-1))[0]
+        raise ValueError(f"the operator has a significantly negative eigenvalue {float(w[j].min()):.3g} "
+                         f"(largest {float(top[j, 0]):.3g}): it is not positive semi-definite")
     w[np.abs(w) <= ZERO_RTOL_FACTOR * max(d, r) * np.finfo(np.float64).eps * top] = 0.0
     return np.maximum(w, 0.0)
 
 
 def _finalize(w: np.ndarray, V: np.ndarray, k: int, d: int, r: int) -> tuple[np.ndarray, np.ndarray]:
-    """Clip rounding, pad with exact zeros past the rank, fix signs."""
-    w = _clip_rounding(w, d, r)
-    V = np.asarray(V, dtype=np.float64)
-    keep = w > 0
-    if np.all(keep) and w.size == k:
-        order = np.argsort(-w, kind="stable")
-        return w[order], _fix_signs(V[:, order])
-    # vectors of a zero eigenvalue (or past the rank): any orthonormal basis of part of the null
-    # space, orthogonal to the kept vectors; computed ones are not kept (they are solver noise)
-    order = np.argsort(-w[keep], kind="stable")
-    Vk = V[:, keep][:, order]
-    w_out = np.zeros(k)
-    w_out[:Vk.shape[1]] = w[keep][order]
-    V_out = np.concatenate([Vk, _null_completion(Vk[None], d, k - Vk.shape[1])[0]], axis=1)
-    return w_out, _fix_signs(V_out)
+    """Clip rounding, pad with exact zeros past the rank, fix signs (one solver result, any order)."""
+    w = np.asarray(w, dtype=np.float64)
+    order = np.argsort(-w, kind="stable")
+    W, Vs = _finalize_batch(w[order][None], np.asarray(V, dtype=np.float64)[:, order][None],
+                            np.array([w.size]), k, d, r)
+    return W[0], Vs[0]
 
 
-def _finalize_batch(mu: np.ndarray, V: np.ndarray, ranks: np.ndarray, k: int, d: int) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`_finalize` for a stack of Gram results: ``mu`` (n, m) descending, ``V`` (n, d, m).
+def _finalize_batch(mu: np.ndarray, V: np.ndarray, ranks: np.ndarray, k: int, d: int,
+                    r: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Clip rounding, pad with exact zeros past the rank, fix signs, for a stack of results:
+    ``mu`` (n, m) descending, ``V`` (n, d, m).
 
-    Eigenvalues past each input's rank bound are dropped; the null-space completions of all inputs
-    with the same number of kept eigenpairs are built in one batched step. Returns ``(n, k)`` and
+    Eigenvalues past each input's rank bound are dropped, and so are the vectors of eigenvalues
+    that round to zero (solver noise): any orthonormal basis of part of the null space replaces
+    them, built for all inputs with the same number of kept eigenpairs in one batched step.
+    ``r`` scales the rounding threshold (default the largest rank). Returns ``(n, k)`` and
     ``(n, d, k)``.
     """
     n, m = mu.shape
     w = mu.copy()
     w[np.arange(m)[None, :] >= ranks[:, None]] = 0.0
-    w = _clip_rounding(w, d, int(ranks.max(initial=1)))
+    w = _clip_rounding(w, d, int(ranks.max(initial=1)) if r is None else r)
     W = np.zeros((n, k))
     Vs = np.zeros((n, d, k))
     n_keep = np.minimum((w > 0).sum(axis=1), k)  # mu is descending: kept eigenvalues are a prefix

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -153,15 +154,15 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def load_model(key: str, *, threads: int | None = None):
+@functools.lru_cache(maxsize=None)
+def load_model(key: str):
     """``(backend, spec, module)``: a float32 :class:`~fisher_ref.backends.TorchBackend` of the trained model
-    with every activation layer as a feature layer (the last one feeds the KD detector)."""
+    with every activation layer as a feature layer (the last one feeds the KD detector); loaded once
+    per process."""
     import torch
 
     from fisher_ref.backends import TorchBackend, torch_models
 
-    if threads:
-        torch.set_num_threads(threads)
     spec = MODELS[key]
     path = REPO / spec.weights
     if not path.is_file():
@@ -175,6 +176,7 @@ def load_model(key: str, *, threads: int | None = None):
     return backend, spec, net
 
 
+@functools.lru_cache(maxsize=None)
 def model_tag(key: str) -> str:
     """Identifies the weights (for cache keys): the model key and the first 16 hex digits of their sha256."""
     return f"{key}:{file_sha256(REPO / MODELS[key].weights)[:16]}"
@@ -319,8 +321,7 @@ def machine() -> str:
 def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: str | None = None) -> str:
     out = io.StringIO()
     out.write("| " + " | ".join(map(str, header)) + " |\n")
-    al = align or ("---|" + "---:|" * (len(header) - 1))
-    out.write("|" + (al if align else al) + "\n")
+    out.write("|" + (align or "---|" + "---:|" * (len(header) - 1)) + "\n")
     for r in rows:
         out.write("| " + " | ".join(map(str, r)) + " |\n")
     return out.getvalue()

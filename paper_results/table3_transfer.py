@@ -47,8 +47,8 @@ def main(argv=None) -> dict:
         for s, b in enumerate(backends):
             r = fr.ossa(xs, b, epsilon=EPS, labels=ys)
             success[:, s] = r.success
-            for t, bt in enumerate(backends):
-                fooled[:, s, t] = C.predictions(bt, r.x_adv) != ys
+            for t, bt in enumerate(backends):  # on the source itself: the attack's own verdict
+                fooled[:, s, t] = r.success if t == s else C.predictions(bt, r.x_adv) != ys
         return {"correct": correct, "success": success, "fooled": fooled}
 
     res = run.chunked(compute, idx, chunk=CHUNK, desc="OSSA on 4 models", key=("table3", tags, EPS))
