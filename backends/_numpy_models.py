@@ -16,38 +16,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from .._backend import Backend
+from .._softmax import fisher_weights, log_softmax, softmax_seeds
 from .._validation import as_float_array, check_rng, shape_str
 
 __all__ = ["MLPModel", "LogisticRegressionModel"]
 
 _ACTIVATIONS = ("tanh", "elu")
-
-
-def _log_softmax(z: np.ndarray) -> np.ndarray:
-    """log softmax along the last axis, with ``log(sum exp)`` as ``log1p`` of the non-maximal terms
-    so that log p of a dominant class keeps full relative accuracy (it is tiny, not 0)."""
-    top = z.argmax(axis=-1)[..., None]
-    z = z - np.take_along_axis(z, top, axis=-1)
-    e = np.exp(z)
-    np.put_along_axis(e, top, 0.0, axis=-1)
-    return z - np.log1p(e.sum(axis=-1, keepdims=True))
-
-
-def _softmax_seeds(z: np.ndarray, classes: np.ndarray, per_input: bool = False):
-    """p = softmax(z) and the logit-gradients ``p - e_c`` of ``-log p_c``, shape (n, m, C).
-
-    The diagonal entry ``p_c - 1`` is computed as ``expm1(log p_c)`` from the log-softmax, so it
-    keeps full relative accuracy when p_c is close to 1 (a saturated prediction), where
-    ``p_c - 1`` would round to 0.
-    """
-    logp = _log_softmax(z)
-    p = np.exp(logp)
-    n = z.shape[0]
-    cls = classes if per_input else np.broadcast_to(classes, (n, classes.size))
-    seeds = np.repeat(p[:, None, :], cls.shape[1], axis=1)
-    rows = np.arange(n)[:, None]
-    seeds[rows, np.arange(cls.shape[1])[None, :], cls] = np.expm1(logp[rows, cls])
-    return p, seeds
 
 
 class MLPModel(Backend):
@@ -189,37 +163,33 @@ class MLPModel(Backend):
         return self._forward(xb)[0]
 
     def _probabilities(self, x):
-        return np.exp(_log_softmax(self._forward(x)[0]))
+        return np.exp(log_softmax(self._forward(x)[0]))
 
     def _class_gradients(self, x, classes):
         z, slopes, _ = self._forward(x)
-        p, seeds = _softmax_seeds(z, np.arange(self.n_classes) if classes is None else classes)
+        logp = log_softmax(z)
+        seeds = softmax_seeds(logp, np.arange(self.n_classes) if classes is None else classes)
         g = self._vjp(seeds, slopes)
-        return p, g.reshape((x.shape[0], seeds.shape[1]) + self.input_shape)
+        return np.exp(logp), g.reshape((x.shape[0], seeds.shape[1]) + self.input_shape)
 
     def _fisher_vector_product(self, x, v):
         n, k = v.shape[:2]
         z, slopes, _ = self._forward(x)
-        p = np.exp(_log_softmax(z))[:, None, :]
-        u = self._jvp(v.reshape(n, k, -1), slopes)
-        # (diag p - pp^T) u = p * (u - p.u), with u - p.u = (u - u_top) - sum_j p_j (u_j - u_top):
-        # exact since sum p = 1, and free of the cancellation u_top - p.u when p is nearly one-hot
-        top = z.argmax(axis=1)[:, None, None]
-        du = u - np.take_along_axis(u, top, axis=-1)
-        w = p * (du - (p * du).sum(axis=-1, keepdims=True))
+        w = fisher_weights(log_softmax(z), self._jvp(v.reshape(n, k, -1), slopes))
         return self._vjp(w, slopes).reshape(v.shape)
 
     def _loss_gradient(self, x, labels):
         z, slopes, _ = self._forward(x)
-        p, seeds = _softmax_seeds(z, labels[:, None], per_input=True)
-        return p, self._vjp(seeds, slopes)[:, 0].reshape(x.shape)
+        logp = log_softmax(z)
+        seeds = softmax_seeds(logp, labels[:, None])
+        return np.exp(logp), self._vjp(seeds, slopes)[:, 0].reshape(x.shape)
 
     def _features(self, x, layers):
         hidden = self._forward(x)[2]
         return {name: hidden[int(name[len("hidden"):])] for name in layers}
 
     def _stochastic_probabilities(self, x, n_samples, rng):
-        return np.stack([np.exp(_log_softmax(self._forward(x, rng)[0])) for _ in range(n_samples)])
+        return np.stack([np.exp(log_softmax(self._forward(x, rng)[0])) for _ in range(n_samples)])
 
     def __repr__(self) -> str:
         sizes = [self.weights[0].shape[1]] + [w.shape[0] for w in self.weights]

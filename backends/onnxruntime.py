@@ -27,6 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .._backend import Backend, _check_shape
+from .._softmax import fisher_weights, log_softmax, softmax_seeds
 from .._validation import shape_str
 
 __all__ = ["OnnxBackend"]
@@ -388,9 +389,7 @@ class OnnxBackend(Backend):
             if self.output_kind_ == "probabilities":
                 out[sl] = z
             else:
-                z = z - z.max(axis=1, keepdims=True)
-                e = np.exp(z)
-                out[sl] = e / e.sum(axis=1, keepdims=True)
+                out[sl] = np.exp(log_softmax(z))
         return out
 
     def _run_stacked(self, mode: str, x: np.ndarray, seeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -415,7 +414,7 @@ class OnnxBackend(Backend):
         """float64 log p of a batch from one run of the scores graph (chunked)."""
         out = np.empty((x.shape[0], self.n_classes))
         for sl in self._chunks(x.shape[0]):
-            out[sl] = _log_softmax64(self._scores(x[sl]))
+            out[sl] = log_softmax(self._scores(x[sl]))
         return out
 
     def _class_gradients(self, x: np.ndarray, classes: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -428,15 +427,15 @@ class OnnxBackend(Backend):
         for s in range(0, n, rows_per):
             xs, lp = x[s:s + rows_per], logp[s:s + rows_per]
             rows = xs.shape[0]
-            seeds = _softmax_seeds64(lp, cls)  # (rows, m, C): p - e_c, the score-gradient of -log p_c
+            seeds = softmax_seeds(lp, cls)  # (rows, m, C): p - e_c, the score-gradient of -log p_c
             _, adj = self._run_stacked("reverse", np.repeat(xs, m, axis=0), seeds.reshape(rows * m, C, 1))
             grads[s:s + rows] = adj.reshape((rows, m) + self.input_shape)
         return np.exp(logp), grads
 
     def _loss_gradient(self, x: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         logp = self._log_softmax(x)
-        seeds = np.stack([_softmax_seeds64(logp[j:j + 1], labels[j:j + 1])[0, 0] for j in range(x.shape[0])])
-        _, adj = self._run_stacked("reverse", x, seeds[:, :, None])
+        seeds = softmax_seeds(logp, labels[:, None])  # (n, 1, C): p - e_label
+        _, adj = self._run_stacked("reverse", x, seeds.reshape(x.shape[0], -1, 1))
         return np.exp(logp), adj
 
     def _fisher_vector_product(self, x: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -448,12 +447,7 @@ class OnnxBackend(Backend):
             rows = xs.shape[0]
             xr = np.repeat(xs, k, axis=0)
             scores, u = self._run_stacked("forward", xr, vs.reshape((rows * k,) + self.input_shape + (1,)))
-            logp = _log_softmax64(scores)
-            p = np.exp(logp)
-            # (diag p - pp^T) u = p * (u - p.u), with u shifted by its top-class entry (exact as sum p = 1)
-            top = logp.argmax(axis=1)
-            du = np.asarray(u, dtype=np.float64) - np.asarray(u, dtype=np.float64)[np.arange(len(top)), top][:, None]
-            w = p * (du - (p * du).sum(axis=1, keepdims=True))
+            w = fisher_weights(log_softmax(scores), np.asarray(u)[:, None, :])[:, 0]  # (diag p - pp^T) u per row
             _, gv = self._run_stacked("reverse", xr, w[..., None])
             out[s:s + rows] = gv.reshape((rows, k) + self.input_shape)
         return out
@@ -462,28 +456,6 @@ class OnnxBackend(Backend):
         return (f"OnnxBackend({self._source}, input_name={self.input_name!r}, output_name={self.output_name!r}, "
                 f"output_kind={self.output_kind_!r}, input_shape={shape_str(self.input_shape)}, "
                 f"n_classes={self.n_classes}, dtype={self.dtype.name}, providers={self.providers})")
-
-
-# ---------------------------------------------------------------------- float64 softmax algebra
-def _log_softmax64(s: np.ndarray) -> np.ndarray:
-    """log softmax in float64, ``log(sum exp)`` as ``log1p`` of the non-maximal terms, so that log p of
-    a dominant class keeps its relative accuracy (tiny, not 0)."""
-    s = np.asarray(s, dtype=np.float64)
-    top = s.argmax(axis=1)[:, None]
-    z = s - np.take_along_axis(s, top, axis=1)
-    e = np.exp(z)
-    np.put_along_axis(e, top, 0.0, axis=1)
-    return z - np.log1p(e.sum(axis=1, keepdims=True))
-
-
-def _softmax_seeds64(logp: np.ndarray, classes: np.ndarray) -> np.ndarray:
-    """``p - e_c`` for each row of logp and each class c, shape (rows, m, C), with the diagonal
-    ``p_c - 1`` as ``expm1(log p_c)`` (exact for a dominant class)."""
-    p = np.exp(logp)
-    m = len(classes)
-    seeds = np.repeat(p[:, None, :], m, axis=1)
-    seeds[:, np.arange(m), classes] = np.expm1(logp[:, classes])
-    return seeds
 
 
 # ---------------------------------------------------------------------- graph helpers

@@ -255,12 +255,7 @@ class TorchBackend(Backend):
 
     def _log_softmax(self, s):
         """Log-softmax in float64 with full relative accuracy for a dominant class; also the top class."""
-        torch = self._torch
-        s = s.detach().to(self._red_dtype)
-        top = s.argmax(dim=1, keepdim=True)
-        z = s - s.gather(1, top)
-        e = torch.exp(z).scatter(1, top, 0.0)
-        return z - torch.log1p(e.sum(dim=1, keepdim=True)), top
+        return log_softmax_t(self._torch, s.detach().to(self._red_dtype))
 
     def _probs_from_logp(self, logp) -> np.ndarray:
         p = np.exp(logp.cpu().numpy().astype(np.float64))
@@ -377,13 +372,8 @@ class TorchBackend(Backend):
             s, vjp_fn, out = func.vjp(self._scores, self._to_tensor(x[sl]), has_aux=True)
             self._check_output(out, sl.start)
             logp, _ = self._log_softmax(s)
-            nj = logp.shape[0]
-            # seeds[i, j] = p(x_j) - e_{cls[i]}: the score-gradient of -log p_{cls[i]}(x_j), with the
-            # diagonal p_c - 1 as expm1(log p_c) (exact for a dominant class)
-            seeds = torch.exp(logp).unsqueeze(0).repeat(m, 1, 1)
-            diag = torch.expm1(logp[:, cls_t]).T  # (m, nj)
-            seeds.scatter_(2, cls_t.view(m, 1, 1).expand(m, nj, 1), diag.unsqueeze(2))
-            seeds = seeds.to(self.torch_dtype)
+            # seeds[i, j] = p(x_j) - e_{cls[i]}: the score-gradient of -log p_{cls[i]}(x_j), class-major for vmap
+            seeds = softmax_seeds_t(torch, logp, cls_t).transpose(0, 1).contiguous().to(self.torch_dtype)
             g = torch.cat([func.vmap(vjp_fn)(seeds[i:i + ck])[0] for i in range(0, m, ck)])  # (m, nj, *shape)
             grads.append(g.transpose(0, 1).to(torch.float64).cpu().numpy())
             probs.append(self._probs_from_logp(logp))
@@ -445,10 +435,8 @@ class TorchBackend(Backend):
                 else:
                     # a block: forward mode vmapped over the tangents (cheaper per vector than the above)
                     u = func.vmap(lambda t: func.jvp(scores_only, (xs,), (t,))[1])(vs[i:i + ck])  # (c, nj, C)
-                u = u.to(self._red_dtype)
-                # (diag p - pp^T) u = p * (u - p.u), with u shifted by its top-class entry (exact as sum p = 1)
-                du = u - u.gather(2, top.unsqueeze(0).expand(u.shape[0], -1, 1))
-                w = p * (du - (p * du).sum(dim=2, keepdim=True))
+                # w = (diag p - pp^T) u in float64 (input-major for the twin, back to tangent-major)
+                w = fisher_weights_t(torch, p, top, u.to(self._red_dtype).transpose(0, 1)).transpose(0, 1)
                 w = w.to(self.torch_dtype)
                 # one cotangent: a plain backward pass (vmap over a batch of one is slower for convolutions)
                 gv = vjp_fn(w[0])[0].unsqueeze(0) if w.shape[0] == 1 else func.vmap(vjp_fn)(w)[0]  # (c, nj, *shape)
@@ -466,7 +454,7 @@ class TorchBackend(Backend):
             self._check_output(out, sl.start)
             logp, _ = self._log_softmax(s)
             y = torch.as_tensor(labels[sl], device=self.device).view(-1, 1)
-            seeds = torch.exp(logp).scatter(1, y, torch.expm1(logp.gather(1, y)))  # p - e_y
+            seeds = softmax_seeds_t(torch, logp, y)[:, 0]  # p - e_y
             grads.append(vjp_fn(seeds.to(self.torch_dtype))[0].to(torch.float64).cpu().numpy())
             probs.append(self._probs_from_logp(logp))
         return np.concatenate(probs), np.concatenate(grads)
@@ -560,6 +548,40 @@ class TorchBackend(Backend):
         shp = None if self.input_shape is None else shape_str(self.input_shape)
         return (f"TorchBackend({type(self.model).__name__}, output={self.output!r}, device='{self.device}', "
                 f"dtype={self.torch_dtype}, input_shape={shp}, n_classes={self.n_classes})")
+
+
+# ---------------------------------------------------------------------- softmax algebra, torch twin
+# The torch counterparts of fisher_ref._softmax (log_softmax, softmax_seeds, fisher_weights), run on
+# the device in float64; tests/test_softmax.py pins them to the NumPy versions on random and
+# saturated logits.
+
+
+def log_softmax_t(torch, s):
+    """``(log softmax(s), top class)`` of ``s`` (n, C), ``log(sum exp)`` as ``log1p`` of the
+    non-maximal terms (a dominant class's log p keeps its relative accuracy)."""
+    top = s.argmax(dim=1, keepdim=True)
+    z = s - s.gather(1, top)
+    e = torch.exp(z).scatter(1, top, 0.0)
+    return z - torch.log1p(e.sum(dim=1, keepdim=True)), top
+
+
+def softmax_seeds_t(torch, logp, classes):
+    """``p - e_c`` of shape (n, m, C) for classes of shape (m,) (all inputs) or (n, m) (per input),
+    with the diagonal ``p_c - 1`` as ``expm1(log p_c)``."""
+    n, C = logp.shape
+    cls = classes.view(1, -1).expand(n, -1) if classes.dim() == 1 else classes
+    m = cls.shape[1]
+    seeds = torch.exp(logp).unsqueeze(1).repeat(1, m, 1)
+    seeds.scatter_(2, cls.unsqueeze(2), torch.expm1(logp.gather(1, cls)).unsqueeze(2))
+    return seeds
+
+
+def fisher_weights_t(torch, p, top, u):
+    """``(diag p - pp^T) u`` for ``u`` of shape (n, k, C), shifted by the top class's entry first
+    (exact since sum p = 1; no cancellation for a nearly one-hot p)."""
+    pk = p.unsqueeze(1)
+    du = u - u.gather(2, top.unsqueeze(1).expand(-1, u.shape[1], 1))
+    return pk * (du - (pk * du).sum(dim=2, keepdim=True))
 
 
 def export_onnx(model: Any, input_shape: Sequence[int], path: Any = None, *, dtype: Any = None,

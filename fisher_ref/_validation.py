@@ -20,6 +20,8 @@ __all__ = [
     "check_bounds",
     "check_method",
     "check_labels",
+    "check_int",
+    "check_real",
     "shape_str",
 ]
 
@@ -147,3 +149,74 @@ def check_labels(labels: Any, n: int, n_classes: int, name: str = "labels") -> n
     if np.any(a < 0) or np.any(a >= n_classes):
         raise ValueError(f"{name} must lie in [0, {n_classes - 1}], got values in [{a.min()}, {a.max()}]")
     return a
+
+
+def _interval(lo: float | None, hi: float | None, closed: str, integer: bool = False) -> str:
+    """Words for the allowed range: "positive", "non-negative", ">= 3", "in [0, 1)", ..."""
+    lo_in, hi_in = closed in ("both", "left"), closed in ("both", "right")
+    if lo is not None and hi is not None:
+        return f"in {'[' if lo_in else '('}{lo:g}, {hi:g}{']' if hi_in else ')'}"
+    if lo is not None:
+        if integer and lo == 1 and lo_in:
+            return "positive"
+        if lo == 0:
+            return "non-negative" if lo_in else "positive"
+        return f"{'>=' if lo_in else '>'} {lo:g}"
+    if hi is not None:
+        return f"{'<=' if hi_in else '<'} {hi:g}"
+    return ""
+
+
+def _describe(kind: str, lo, hi, closed: str, allow_none: bool) -> str:
+    rng = _interval(lo, hi, closed, integer=kind == "int")
+    if rng.startswith(("positive", "non-negative")):
+        what = f"a {rng} {kind}"
+    else:
+        what = f"{'an' if kind == 'int' else 'a'} {kind}" + (f" {rng}" if rng else "")
+    return f"None or {what}" if allow_none else what
+
+
+def _in_range(v: float, lo, hi, closed: str) -> bool:
+    lo_in, hi_in = closed in ("both", "left"), closed in ("both", "right")
+    if lo is not None and (v < lo or (v == lo and not lo_in)):
+        return False
+    return not (hi is not None and (v > hi or (v == hi and not hi_in)))
+
+
+def check_int(value: Any, name: str, *, min_val: int | None = None, max_val: int | None = None,
+              allow_none: bool = False) -> int | None:
+    """Validate an integer argument (as scikit-learn's ``check_scalar``), return it as ``int``.
+
+    ``min_val`` / ``max_val`` are inclusive; ``bool`` is not an int here. Raises TypeError for a
+    value of another type and ValueError for one out of range, both with the same message:
+    ``"n_steps must be a positive int, got 0"``.
+    """
+    if value is None and allow_none:
+        return None
+    what = _describe("int", min_val, max_val, "both", allow_none)
+    if not isinstance(value, numbers.Integral) or isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be {what}, got {value!r}")
+    if not _in_range(int(value), min_val, max_val, "both"):
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return int(value)
+
+
+def check_real(value: Any, name: str, *, min_val: float | None = None, max_val: float | None = None,
+               include_boundaries: str = "both", allow_none: bool = False) -> float | None:
+    """Validate a finite real argument (as scikit-learn's ``check_scalar``), return it as ``float``.
+
+    ``include_boundaries`` is "both", "left", "right" or "neither" (sklearn's names): with
+    ``min_val=0, include_boundaries="neither"`` the message reads "a positive number". NaN and
+    Inf are refused. TypeError for a value of another type, ValueError out of range.
+    """
+    if include_boundaries not in ("both", "left", "right", "neither"):
+        raise ValueError(f"include_boundaries must be 'both', 'left', 'right' or 'neither', got {include_boundaries!r}")
+    if value is None and allow_none:
+        return None
+    what = _describe("number", min_val, max_val, include_boundaries, allow_none)
+    if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be {what}, got {value!r}")
+    v = float(value)
+    if not np.isfinite(v) or not _in_range(v, min_val, max_val, include_boundaries):
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return v
