@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 import numpy as np
 
-from ._validation import check_probabilities, check_rng
+from ._validation import check_int, check_probabilities, check_rng
 
 __all__ = ["AliasSampler"]
 
@@ -69,8 +68,7 @@ class AliasSampler:
 
     def sample(self, n: int) -> np.ndarray:
         """Draw ``n`` class indices (int64 array of shape ``(n,)``), O(1) each."""
-        if not isinstance(n, numbers.Integral) or isinstance(n, bool) or n < 0:
-            raise ValueError(f"n must be a non-negative int, got {n!r}")
+        n = check_int(n, "n", min_val=0)
         cols = self.rng.integers(0, self.p.size, size=n)
         keep = self.rng.random(n) < self.prob[cols]
         return np.where(keep, cols, self.alias[cols]).astype(np.int64)

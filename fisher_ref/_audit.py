@@ -37,7 +37,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ._attacks import DegenerateSpectrumWarning, _clip, _ossa_direction, _ossa_signed, fgm, least_perturbation, ossa
+from .attacks import DegenerateSpectrumWarning, fgm, least_perturbation, ossa
 from ._backend import Backend
 from ._spectrum import fisher_spectrum
 
@@ -525,20 +525,20 @@ def compute_shard(spec: dict, x: np.ndarray, labels: np.ndarray | None, index: n
         pred = p.argmax(axis=1)
         conf = p.max(axis=1)
         y = pred if labels is None else np.asarray(labels, dtype=np.int64)
-        w, _ = fisher_spectrum(b, x, k=int(spec["k"]))
-        ro = ossa(x, b, epsilon=eps, labels=y, bounds=bounds)
+        spectrum = fisher_spectrum(x, b, k=int(spec["k"]))  # one eigensolve per input, reused below
+        w = spectrum[0]
+        ro = ossa(x, b, epsilon=eps, labels=y, bounds=bounds, direction=spectrum)
         rf = fgm(x, b, epsilon=eps, labels=y, bounds=bounds)
-        lp = least_perturbation("ossa", x, b, labels=y, hi=float(spec["max_epsilon"]), tol=float(spec["tol"]),
-                                bounds=bounds)
-        # the OSSA example at the least perturbation: the direction least_perturbation searched along
+        lp, at_lp = least_perturbation(x, b, "ossa", labels=y, hi=float(spec["max_epsilon"]), tol=float(spec["tol"]),
+                                       bounds=bounds, direction=spectrum, return_result=True)
+        # the OSSA example at the least perturbation
         x_adv = x.copy()
         adv_pred = np.full(x.shape[0], -1, dtype=np.int64)
         adv_conf = np.full(x.shape[0], np.nan)
         found = np.isfinite(lp) & (lp > 0)
         if found.any():
-            _, v = _ossa_direction(b, x, "auto", "auto", None)
             sel = np.flatnonzero(found)
-            xa = _clip(x[sel] + _ossa_signed(b, x[sel], y[sel], p[sel], v[sel], lp[sel]), bounds)
+            xa = at_lp.x_adv[sel]
             pa = b.probabilities(xa)
             x_adv[sel], adv_pred[sel], adv_conf[sel] = xa, pa.argmax(axis=1), pa.max(axis=1)
         already = lp == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import numpy as np
 
-from ._attacks import fgm, least_perturbation, ossa
+from .attacks import fgm, least_perturbation, ossa
 from ._operators import fisher_matrix
 from ._spectrum import fisher_spectrum
 
@@ -26,7 +26,7 @@ def run_demo(n: int = 200, epsilons=(0.5, 1.0, 2.0, 3.0), k: int = 10, seed: int
     x, y = x[correct], y[correct]  # attack what the model gets right: fooling rate = predictions changed
 
     t0 = time.perf_counter()
-    w, V, info = fisher_spectrum(model, x, k=k, return_info=True)
+    w, V, info = fisher_spectrum(x, model, k=k, return_info=True)
     t_spec = time.perf_counter() - t0
     out(f"\nFisher spectrum (k = {k}): method {info.method!r} on the {info.operator!r} operator ({info.reason})")
     out(f"  {t_spec / len(x) * 1e3:.2f} ms per input; rank(G) <= C - 1 = 9, so eigenvalue 10 is exactly 0: "
@@ -48,8 +48,8 @@ def run_demo(n: int = 200, epsilons=(0.5, 1.0, 2.0, 3.0), k: int = 10, seed: int
 
     m = min(len(x), 100)
     t0 = time.perf_counter()
-    lp_o = least_perturbation("ossa", x[:m], model, labels=y[:m])
-    lp_f = least_perturbation("fgm", x[:m], model, labels=y[:m])
+    lp_o = least_perturbation(x[:m], model, "ossa", labels=y[:m])
+    lp_f = least_perturbation(x[:m], model, "fgm", labels=y[:m])
     t_lp = time.perf_counter() - t0
     fin = np.isfinite(lp_o) & np.isfinite(lp_f)
     out(f"\nLeast l2 perturbation (binary search in [0, 6], tol 1e-3, {m} inputs, {t_lp:.2f} s for both attacks):")

@@ -50,9 +50,9 @@ try:  # private in scikit-learn, but the only way to keep feature_names_in_ righ
 except ImportError:  # pragma: no cover
     _check_feature_names = None
 
-from ._attacks import AttackResult, bim, fgm, iterative_ossa, least_perturbation, ossa, otcm
+from .attacks import AttackResult, bim, fgm, iterative_ossa, least_perturbation, ossa, otcm
 from ._backend import Backend, as_backend
-from ._opt_attack import opt
+from .attacks import opt
 from ._spectrum import fisher_spectrum
 from ._validation import check_bounds, check_labels, check_rng, shape_str
 

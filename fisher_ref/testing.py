@@ -142,7 +142,7 @@ def assert_fisher_close(fn: Any, case: GoldenCase, *, spectrum: Callable | None 
     AssertionError
         Listing every quantity outside its tolerance, with the error and the tolerance.
     """
-    from ._attacks import ossa as fr_ossa
+    from .attacks import ossa as fr_ossa
     from ._backend import as_backend
     from ._spectrum import fisher_spectrum
 
@@ -153,7 +153,7 @@ def assert_fisher_close(fn: Any, case: GoldenCase, *, spectrum: Callable | None 
     tol = case.tolerances[row]
     p, g = b.class_gradients(case.x)
     if spectrum is None:
-        w, V = fisher_spectrum(b, case.x, k=case.k)
+        w, V = fisher_spectrum(case.x, b, k=case.k)
     else:
         pairs = [spectrum(x, case.k) for x in case.x]
         w = np.stack([np.asarray(pw, dtype=np.float64) for pw, _ in pairs])

@@ -19,14 +19,13 @@ the inputs that are still above the margin.
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ._attacks import AttackResult, _finish, _flat_norm, _prepare
-from ._validation import check_rng
+from .._validation import check_int, check_real, check_rng
+from ._base import AttackResult, finish, flat_norm, prepare
 
 __all__ = ["OptResult", "opt"]
 
@@ -58,23 +57,7 @@ class OptResult(AttackResult):
     def l2(self) -> np.ndarray:
         """``||eta||_2`` per input (0 where the attack failed)."""
         e = np.asarray(self.eta)
-        return float(np.linalg.norm(e)) if np.ndim(self.const) == 0 else _flat_norm(e)
-
-
-def _positive_int(value: Any, name: str) -> int:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
-
-
-def _positive_float(value: Any, name: str, *, allow_zero: bool = False) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}") from exc
-    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
-        raise ValueError(f"{name} must be a finite number {'>=' if allow_zero else '>'} 0, got {value!r}")
-    return v
+        return float(np.linalg.norm(e)) if np.ndim(self.const) == 0 else flat_norm(e)
 
 
 def opt(x: Any, backend: Any, *, labels: Any = None, bounds: tuple[float, float] | None = (0.0, 1.0),
@@ -144,10 +127,10 @@ def opt(x: Any, backend: Any, *, labels: Any = None, bounds: tuple[float, float]
     attack (margin loss f_6, Adam, binary search over c).
     Zhao et al., AAAI 2019, Section 4, Tables 4-5 (Opt adversarials for the detector).
     """
-    steps = _positive_int(binary_search_steps, "binary_search_steps")
-    iters = _positive_int(max_iter, "max_iter")
-    lr = _positive_float(learning_rate, "learning_rate")
-    kappa = _positive_float(confidence, "confidence", allow_zero=True)
+    steps = check_int(binary_search_steps, "binary_search_steps", min_val=1)
+    iters = check_int(max_iter, "max_iter", min_val=1)
+    lr = check_real(learning_rate, "learning_rate", min_val=0, include_boundaries="neither")
+    kappa = check_real(confidence, "confidence", min_val=0)
     try:
         c_lo, c_hi = (float(v) for v in c_range)
     except Exception as exc:
@@ -157,11 +140,12 @@ def opt(x: Any, backend: Any, *, labels: Any = None, bounds: tuple[float, float]
     if c is None:
         c0 = math.sqrt(c_lo * c_hi)
     else:
-        c0 = _positive_float(c, "c")
+        c0 = check_real(c, "c", min_val=0, include_boundaries="neither")
         if not c_lo <= c0 <= c_hi:
             raise ValueError(f"c must lie in c_range = ({c_lo:g}, {c_hi:g}), got {c0:g}")
     gen = check_rng(rng)
-    b, xb, single, bnds, _, y = _prepare(x, backend, labels, bounds)
+    prep = prepare(x, backend, labels, bounds)
+    b, xb, bnds, y = prep.backend, prep.x, prep.bounds, prep.labels
     n = xb.shape[0]
     rows = np.arange(n)
     shape = (-1,) + (1,) * (xb.ndim - 1)
@@ -176,7 +160,7 @@ def opt(x: Any, backend: Any, *, labels: Any = None, bounds: tuple[float, float]
 
     for _ in range(steps):
         delta = gen.standard_normal(xb.shape)
-        delta *= (RANDOM_START * lr / np.maximum(_flat_norm(delta), tiny)).reshape(shape)
+        delta *= (RANDOM_START * lr / np.maximum(flat_norm(delta), tiny)).reshape(shape)
         m1, m2 = np.zeros_like(xb), np.zeros_like(xb)
         succeeded = np.zeros(n, dtype=bool)
         for it in range(iters + 1):
@@ -191,7 +175,7 @@ def opt(x: Any, backend: Any, *, labels: Any = None, bounds: tuple[float, float]
             j = wrong.argmax(axis=1)
             margin = logp[rows, y] - logp[rows, j]
             ok = (margin < -kappa) & (p.argmax(axis=1) != y)
-            l2 = _flat_norm(delta)
+            l2 = flat_norm(delta)
             better = ok & (l2 < best_l2)
             best_l2[better], best_eta[better], best_c[better] = l2[better], delta[better], const[better]
             succeeded |= ok
@@ -212,4 +196,4 @@ def opt(x: Any, backend: Any, *, labels: Any = None, bounds: tuple[float, float]
         lo_c = np.where(succeeded, lo_c, np.maximum(lo_c, const))
         const = np.sqrt(lo_c * hi_c)
 
-    return _finish(OptResult, b, xb, single, bnds, y, best_eta, math.nan, const=best_c)
+    return finish(OptResult, prep, best_eta, math.nan, const=best_c)
