@@ -55,16 +55,16 @@ def _methods(k: int):
         return w[::-1][:k], V[:, ::-1][:, :k]
 
     def exact(method):
-        return lambda b, x, rng: top_eigenpairs(FisherOperator.from_backend(b, x), k, method=method, rng=rng,
+        return lambda b, x, rng: top_eigenpairs(FisherOperator.from_backend(x, b), k, method=method, rng=rng,
                                                 tol=1e-6 if method == "power" else None, maxiter=20000)
 
     def alias(method):
-        return lambda b, x, rng: top_eigenpairs(SampledFisherOperator.from_backend(b, x, rng=rng), k, method=method,
+        return lambda b, x, rng: top_eigenpairs(SampledFisherOperator.from_backend(x, b, rng=rng), k, method=method,
                                                 rng=rng, tol=1e-6 if method == "power" else None, maxiter=20000)
 
     def ours(method, operator):
         def f(b, x, rng):
-            w, V = fr.fisher_spectrum(b, x, k=k, method=method, operator=operator, rng=rng)
+            w, V = fr.fisher_spectrum(x, b, k=k, method=method, operator=operator, rng=rng)
             return w[0], V[0].reshape(k, -1).T
         return f
 
@@ -218,7 +218,7 @@ def bench_row(row: str, args) -> dict:
 
     exact_spec = {}
     for j in range(len(X)):
-        w, V = fr.fisher_spectrum(b, X[j], k=max(max(args.k), max(args.imagenet_k)), method="gram", operator="exact")
+        w, V = fr.fisher_spectrum(X[j], b, k=max(max(args.k), max(args.imagenet_k)), method="gram", operator="exact")
         exact_spec[j] = (w, V.reshape(len(w), -1).T)
 
     dense_done: dict = {}
@@ -300,14 +300,14 @@ def bench_row(row: str, args) -> dict:
             ("Jacobian (all class gradients)", lambda: b.class_gradients(X[:1]), lambda: ob.class_gradients(X[:1])),
             ("Fisher-vector products, block of 20", lambda: b.fisher_vector_product(X[:1], v20),
              lambda: ob.fisher_vector_product(X[:1], v20)),
-            ("top-20, auto", lambda: fr.fisher_spectrum(b, X[:1], k=20), lambda: fr.fisher_spectrum(ob, X[:1], k=20)),
+            ("top-20, auto", lambda: fr.fisher_spectrum(X[:1], b, k=20), lambda: fr.fisher_spectrum(X[:1], ob, k=20)),
             ("batched OSSA", lambda: fr.ossa(Xb, b, epsilon=eps), lambda: fr.ossa(Xb, ob, epsilon=eps)),
         ]:
             tt, _ = _time(f_t, reps)
             to, _ = _time(f_o, reps)
             cmp[what] = {"torch_s": tt, "onnx_s": to, "ratio": to / tt}
             print(f"  ONNX vs torch, {what:36s}: torch {tt:.4f} s, ONNX {to:.4f} s, ratio {to / tt:.2f}")
-        w_o, _ = fr.fisher_spectrum(ob, X, k=20, method="gram")
+        w_o, _ = fr.fisher_spectrum(X, ob, k=20, method="gram")
         w_t = np.stack([exact_spec[j][0][:20] for j in range(len(X))])
         cmp["top-20 eigenvalue agreement (max rel)"] = float(np.max(np.abs(w_o - w_t)) / np.max(w_t))
         res["onnx_vs_torch"] = cmp

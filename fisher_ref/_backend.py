@@ -22,7 +22,9 @@ wherever a backend is (:func:`as_backend` wraps it).
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -30,8 +32,10 @@ import numpy as np
 from ._validation import (
     as_float_array,
     check_finite,
+    check_int,
     check_labels,
     check_probabilities,
+    check_rng,
     shape_str,
 )
 
@@ -249,10 +253,8 @@ class Backend:
     def stochastic_probabilities(self, x: Any, n_samples: int, *, rng=None) -> np.ndarray:
         """Monte-Carlo dropout predictions, shape ``(n_samples, n, C)`` (for the BU detector)."""
         self.require("stochastic_probabilities", "Monte-Carlo dropout predictions (the BU detector needs them)")
-        if not isinstance(n_samples, (int, np.integer)) or isinstance(n_samples, bool) or n_samples < 1:
-            raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
+        n_samples = check_int(n_samples, "n_samples", min_val=1)
         xb, _ = self.as_batch(x)
-        from ._validation import check_rng
 
         out = np.asarray(self._stochastic_probabilities(xb, int(n_samples), check_rng(rng)), dtype=np.float64)
         if out.shape[:2] != (n_samples, xb.shape[0]) or out.ndim != 3:
@@ -342,28 +344,99 @@ class CallableBackend(Backend):
 
 
 def as_backend(fn: Any, input_shape: Sequence[int] | None = None) -> Backend:
-    """Return ``fn`` if it is a :class:`Backend`, else wrap a callable in :class:`CallableBackend`.
+    """A :class:`Backend` for ``fn``: a backend itself, a model wrapped in its backend, or a callable.
 
     Parameters
     ----------
-    fn : Backend or callable
-        A backend, or ``fn(x) -> (probs (C,), grads (C, *input_shape))`` for one input ``x``.
+    fn : Backend, torch.nn.Module, onnx.ModelProto, path to an .onnx file, or callable
+        * a :class:`Backend` is returned as it is;
+        * a ``torch.nn.Module`` (returning logits) is wrapped in
+          :class:`~fisher_ref.backends.TorchBackend` (a private eval-mode copy; the input shape
+          from ``input_shape`` or the first input seen). Build the TorchBackend yourself to reuse
+          it across calls, to declare ``output=`` or ``dtype=``;
+        * an ``onnx.ModelProto`` or a path ending in ``.onnx`` is wrapped in
+          :class:`~fisher_ref.backends.OnnxBackend` (for a path, the backend is kept and reused
+          while the file is unchanged);
+        * any other callable ``fn(x) -> (probs (C,), grads (C, *input_shape))`` for one input ``x``
+          is wrapped in :class:`CallableBackend`.
     input_shape : tuple of int, optional
         Shape of one input; with it, a leading batch axis is recognised.
 
     Raises
     ------
     TypeError
-        If ``fn`` is neither a backend nor callable.
+        If ``fn`` is none of these (the message says which wrapper to use).
+    ImportError
+        If wrapping a torch or ONNX model needs a framework that is not installed (names the extra).
     """
     if isinstance(fn, Backend):
         if input_shape is not None and fn.input_shape is not None and _check_shape(input_shape) != fn.input_shape:
             raise ValueError(f"input_shape {tuple(input_shape)} disagrees with the backend's {fn.input_shape}")
         return fn
+    if _is_torch_module(fn):
+        from .backends import TorchBackend
+
+        return TorchBackend(fn, input_shape=input_shape)
+    if _is_onnx_model(fn):
+        return _onnx_backend(fn, input_shape)
     if callable(fn):
         return CallableBackend(fn, input_shape)
-    raise TypeError(f"backend must be a fisher_ref Backend or a callable fn(x) -> (probs, grads), "
-                    f"got {type(fn).__name__}")
+    raise TypeError("backend must be a fisher_ref Backend or a callable fn(x) -> (probs, grads), a torch.nn.Module "
+                    "or an ONNX model (onnx.ModelProto or a path to an .onnx file), got "
+                    f"{type(fn).__name__}{f' {fn!r}' if isinstance(fn, str) else ''}; other models need a wrapper: "
+                    "fisher_ref.backends.TorchBackend(model) or OnnxBackend(path)")
+
+
+def public_order(x: Any, backend: Any, func: str) -> tuple[Any, Any]:
+    """``(x, backend)`` of a function taking both, accepting the earlier order ``(backend, x)``
+    (a backend is never an array) with a FutureWarning."""
+    if is_backend_like(x) and not is_backend_like(backend):
+        import warnings
+
+        warnings.warn(f"{func}(backend, x) is the order of earlier releases; use {func}(x, backend, ...) "
+                      "(or pass x= and backend= by keyword)", FutureWarning, stacklevel=3)
+        return backend, x
+    return x, backend
+
+
+def is_backend_like(obj: Any) -> bool:
+    """Whether ``obj`` is something :func:`as_backend` accepts (and so never an input array)."""
+    if isinstance(obj, Backend) or _is_torch_module(obj) or _is_onnx_model(obj):
+        return True
+    return callable(obj) and not hasattr(obj, "__array__")
+
+
+def _is_torch_module(obj: Any) -> bool:
+    """A ``torch.nn.Module`` (checked without importing torch)."""
+    return any(c.__name__ == "Module" and c.__module__ == "torch.nn.modules.module" for c in type(obj).__mro__)
+
+
+def _is_onnx_model(obj: Any) -> bool:
+    """An ``onnx.ModelProto``, or a path ending in ``.onnx`` (checked without importing onnx)."""
+    if type(obj).__name__ == "ModelProto" and type(obj).__module__.startswith("onnx"):
+        return True
+    return isinstance(obj, (str, os.PathLike)) and os.fspath(obj).lower().endswith(".onnx")
+
+
+def _onnx_backend(model: Any, input_shape: Sequence[int] | None) -> Backend:
+    from .backends import OnnxBackend
+
+    if not isinstance(model, (str, os.PathLike)):
+        return OnnxBackend(model, input_shape=input_shape)
+    path = os.path.realpath(os.fspath(model))
+    try:
+        st = os.stat(path)
+    except OSError:
+        return OnnxBackend(model, input_shape=input_shape)  # its own error names the missing file
+    shape = None if input_shape is None else _check_shape(input_shape)
+    return _cached_onnx_backend(path, st.st_mtime_ns, st.st_size, shape)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_onnx_backend(path: str, mtime_ns: int, size: int, input_shape: tuple | None) -> Backend:
+    from .backends import OnnxBackend
+
+    return OnnxBackend(path, input_shape=input_shape)
 
 
 def _check_shape(shape: Iterable[int]) -> tuple[int, ...]:

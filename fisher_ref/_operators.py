@@ -27,10 +27,11 @@ import numpy as np
 from scipy.sparse.linalg import LinearOperator
 
 from ._alias import AliasSampler
-from ._backend import as_backend
+from ._backend import as_backend, public_order
 from ._validation import (
     as_float_array,
     check_class_gradients,
+    check_int,
     check_probabilities,
     check_rng,
     shape_str,
@@ -171,12 +172,12 @@ class FisherOperator(_WeightedGradientOperator):
         return self.rows
 
     @classmethod
-    def from_backend(cls, backend: Any, x: Any) -> "FisherOperator":
-        """The exact operator at one input ``x`` from the backend's C class gradients."""
-        b = as_backend(backend)
-        xb, single = b.as_batch(x)
-        if not single and xb.shape[0] != 1:
-            raise ValueError(f"x must be one input of shape {b.input_shape}, got a batch of {xb.shape[0]}")
+    def from_backend(cls, x: Any, backend: Any) -> "FisherOperator":
+        """The exact operator at one input ``x`` from the backend's C class gradients.
+
+        (The order ``from_backend(backend, x)`` of earlier releases works with a FutureWarning.)
+        """
+        b, xb = _one_input(x, backend, "FisherOperator.from_backend")
         p, g = b.class_gradients(xb)
         return cls(p[0], g[0])
 
@@ -253,12 +254,12 @@ class SampledFisherOperator(_WeightedGradientOperator):
         self.rank_bound = int(min(uniq.size, rows.shape[1]))
 
     @classmethod
-    def from_backend(cls, backend: Any, x: Any, n_samples: int | None = None, *, rng=None) -> "SampledFisherOperator":
-        """Draw classes from the backend's p(y|x) and ask it for the drawn classes' gradients only."""
-        b = as_backend(backend)
-        xb, single = b.as_batch(x)
-        if not single and xb.shape[0] != 1:
-            raise ValueError(f"x must be one input of shape {b.input_shape}, got a batch of {xb.shape[0]}")
+    def from_backend(cls, x: Any, backend: Any, n_samples: int | None = None, *, rng=None) -> "SampledFisherOperator":
+        """Draw classes from the backend's p(y|x) and ask it for the drawn classes' gradients only.
+
+        (The order ``from_backend(backend, x, ...)`` of earlier releases works with a FutureWarning.)
+        """
+        b, xb = _one_input(x, backend, "SampledFisherOperator.from_backend")
         p = b.probabilities(xb)[0]
         m = default_n_samples(p.size) if n_samples is None else _check_n_samples(n_samples)
         classes = AliasSampler(p, rng=check_rng(rng)).sample(m)
@@ -279,10 +280,11 @@ class MatrixFreeFisherOperator(LinearOperator):
 
     Parameters
     ----------
-    backend : Backend
-        Must declare the ``"fisher_vector_product"`` capability.
     x : array-like of shape input_shape
         The input.
+    backend : Backend
+        Must declare the ``"fisher_vector_product"`` capability. (The order
+        ``MatrixFreeFisherOperator(backend, x)`` of earlier releases works with a FutureWarning.)
 
     Attributes
     ----------
@@ -294,12 +296,9 @@ class MatrixFreeFisherOperator(LinearOperator):
         Number of vectors the operator has been applied to (for cost accounting).
     """
 
-    def __init__(self, backend: Any, x: Any):
-        b = as_backend(backend)
+    def __init__(self, x: Any, backend: Any):
+        b, xb = _one_input(x, backend, "MatrixFreeFisherOperator")
         b.require("fisher_vector_product", "MatrixFreeFisherOperator")
-        xb, single = b.as_batch(x)
-        if not single and xb.shape[0] != 1:
-            raise ValueError(f"x must be one input of shape {b.input_shape}, got a batch of {xb.shape[0]}")
         self.backend, self.x, self.input_shape = b, xb, b.input_shape
         self.probs = b.probabilities(xb)[0]
         d = math.prod(self.input_shape)
@@ -341,6 +340,14 @@ def default_n_samples(n_classes: int) -> int:
 
 
 def _check_n_samples(n: Any) -> int:
-    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"n_samples must be a positive int, got {n!r}")
-    return int(n)
+    return check_int(n, "n_samples", min_val=1)
+
+
+def _one_input(x: Any, backend: Any, func: str) -> tuple[Any, np.ndarray]:
+    """``(backend, x as a batch of one)`` for the operators built at one input."""
+    x, backend = public_order(x, backend, func)
+    b = as_backend(backend)
+    xb, single = b.as_batch(x)
+    if not single and xb.shape[0] != 1:
+        raise ValueError(f"x must be one input of shape {b.input_shape}, got a batch of {xb.shape[0]}")
+    return b, xb

@@ -19,7 +19,7 @@ import numpy as np
 import scipy.sparse.linalg as spla
 from scipy.sparse.linalg import LinearOperator
 
-from ._backend import as_backend
+from ._backend import as_backend, public_order
 from ._operators import (
     FisherOperator,
     MatrixFreeFisherOperator,
@@ -492,16 +492,17 @@ def matrix_free_tol(backend: Any) -> float:
     return 0.0 if dt.itemsize >= 8 else 8.0 * float(np.finfo(dt).eps)
 
 
-def fisher_spectrum(backend: Any, x: Any, k: int = 20, *, method: str = "auto", operator: str = "auto",
+def fisher_spectrum(x: Any, backend: Any, k: int = 20, *, method: str = "auto", operator: str = "auto",
                     n_samples: int | None = None, tol: float | None = None, maxiter: int | None = None,
                     rng: None | int | np.random.Generator = None, return_info: bool = False):
     """Top-k eigenpairs of the input Fisher information at each input of a batch.
 
     Parameters
     ----------
-    backend : Backend or callable
-        A backend, or ``fn(x) -> (probs (C,), grads (C, *input_shape))`` (see :func:`as_backend`).
     x : array-like of shape input_shape or (n, *input_shape)
+    backend : Backend, callable, torch.nn.Module or ONNX model
+        A backend, ``fn(x) -> (probs (C,), grads (C, *input_shape))``, or a model to wrap (see
+        :func:`~fisher_ref.as_backend`).
     k : int
         Number of eigenpairs (default 20, as the paper's detector). For a C-class softmax model
         at most C - 1 are nonzero; the rest are returned as exact zeros.
@@ -531,7 +532,13 @@ def fisher_spectrum(backend: Any, x: Any, k: int = 20, *, method: str = "auto", 
         eigenvector index comes before the input axes here, unlike ``top_eigenpairs``'s columns).
     info : SpectrumInfo
         Only with ``return_info=True``.
+
+    Notes
+    -----
+    The order ``fisher_spectrum(backend, x)`` of earlier releases still works (a backend is never
+    an array) and issues a FutureWarning.
     """
+    x, backend = public_order(x, backend, "fisher_spectrum")
     b = as_backend(backend)
     xb, single = b.as_batch(x)
     method = check_method(method, METHODS)
@@ -541,11 +548,26 @@ def fisher_spectrum(backend: Any, x: Any, k: int = 20, *, method: str = "auto", 
     k = check_k(k, d)
     if b.n_classes is None:
         b.probabilities(xb[:1])
-    C = b.n_classes
+    operator, method, reason = _resolve_method(b, d, k, operator, method)
+    if operator == "exact" and method == "gram":
+        W, Vs, n_iter, n_prod, ranks = _gram_spectra(b, xb, k)
+    else:
+        W, Vs, n_iter, n_prod, ranks = _operator_spectra(b, xb, k, operator, method, n_samples, tol, maxiter, rng)
+    Vs = Vs.reshape((n, k) + b.input_shape)
+    info = SpectrumInfo(method=method, operator=operator, reason=reason, n_iter=n_iter, n_products=n_prod,
+                        rank_bound=ranks, extra={"n_samples": (n_samples or default_n_samples(b.n_classes))
+                                                  if operator == "sampled" else None})
+    if single:
+        W, Vs = W[0], Vs[0]
+    return (W, Vs, info) if return_info else (W, Vs)
+
+
+def _resolve_method(b: Any, d: int, k: int, operator: str, method: str) -> tuple[str, str, str]:
+    """``(operator, method, reason)``: fill in "auto" from the cost model, refuse impossible pairs."""
     reason = ""
     if operator == "auto" or method == "auto":
         has_fvp = b.supports("fisher_vector_product")
-        op_auto, meth_auto, reason = choose_method(C, d, k, has_fvp=has_fvp)
+        op_auto, meth_auto, reason = choose_method(b.n_classes, d, k, has_fvp=has_fvp)
         if operator == "auto" and method in ("auto", "gram"):
             operator = op_auto if method == "auto" else "exact"
         elif operator == "auto":
@@ -556,41 +578,41 @@ def fisher_spectrum(backend: Any, x: Any, k: int = 20, *, method: str = "auto", 
                 reason = f"{method} for operator={operator!r}"
     if operator == "matrix-free" and method == "gram":
         raise ValueError("method='gram' needs class gradients: use operator='exact' or 'sampled', not 'matrix-free'")
+    return operator, method, reason
 
-    W = np.zeros((n, k))
-    Vs = np.zeros((n, k, d))
-    n_iter = np.zeros(n, dtype=np.int64)
-    n_prod = np.zeros(n, dtype=np.int64)
+
+def _gram_spectra(b: Any, xb: np.ndarray, k: int):
+    """Batched exact Gram method: one class-gradient call per chunk, batched C x C eigendecompositions."""
+    n, C, d = xb.shape[0], b.n_classes, math.prod(b.input_shape)
+    W, Vs = np.zeros((n, k)), np.zeros((n, k, d))
     ranks = np.zeros(n, dtype=np.int64)
-    if operator == "exact" and method == "gram":
-        # batched: one class-gradient call per chunk, batched Gram eigendecompositions
-        chunk = max(1, int(GRAM_MEMORY_BYTES // (8 * C * d)))
-        for s in range(0, n, chunk):
-            p, g = b.class_gradients(xb[s:s + chunk])
-            g = g.reshape(p.shape[0], C, d)
-            F = np.sqrt(p)[:, :, None] * g
-            mu, V = _gram(F, min(k, C, d))
-            r = np.array([_rank_bound(p[j], g[j]) for j in range(p.shape[0])], dtype=np.int64)
-            w, Vj = _finalize_batch(mu, V, r, k, d)
-            W[s:s + p.shape[0]], Vs[s:s + p.shape[0]], ranks[s:s + p.shape[0]] = w, np.swapaxes(Vj, 1, 2), r
-    else:
-        tol_j = tol
-        if tol is None and operator == "matrix-free" and method == "lanczos":
-            tol_j = matrix_free_tol(b)
-        for j in range(n):
-            if operator == "exact":
-                op = FisherOperator.from_backend(b, xb[j])
-            elif operator == "sampled":
-                op = SampledFisherOperator.from_backend(b, xb[j], n_samples, rng=rng)
-            else:
-                op = MatrixFreeFisherOperator(b, xb[j])
-            w, V, inf = top_eigenpairs(op, k, method=method, tol=tol_j, maxiter=maxiter, rng=rng, return_info=True)
-            W[j], Vs[j] = w, V.T
-            n_iter[j], n_prod[j], ranks[j] = inf.n_iter, inf.n_products, inf.rank_bound
-    Vs = Vs.reshape((n, k) + b.input_shape)
-    info = SpectrumInfo(method=method, operator=operator, reason=reason, n_iter=n_iter, n_products=n_prod,
-                        rank_bound=ranks, extra={"n_samples": (n_samples or default_n_samples(C))
-                                                  if operator == "sampled" else None})
-    if single:
-        W, Vs = W[0], Vs[0]
-    return (W, Vs, info) if return_info else (W, Vs)
+    chunk = max(1, int(GRAM_MEMORY_BYTES // (8 * C * d)))
+    for s in range(0, n, chunk):
+        p, g = b.class_gradients(xb[s:s + chunk])
+        g = g.reshape(p.shape[0], C, d)
+        F = np.sqrt(p)[:, :, None] * g
+        mu, V = _gram(F, min(k, C, d))
+        r = np.array([_rank_bound(p[j], g[j]) for j in range(p.shape[0])], dtype=np.int64)
+        w, Vj = _finalize_batch(mu, V, r, k, d)
+        W[s:s + p.shape[0]], Vs[s:s + p.shape[0]], ranks[s:s + p.shape[0]] = w, np.swapaxes(Vj, 1, 2), r
+    return W, Vs, np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64), ranks
+
+
+def _operator_spectra(b: Any, xb: np.ndarray, k: int, operator: str, method: str, n_samples, tol, maxiter, rng):
+    """One operator and one :func:`top_eigenpairs` per input (exact, sampled or matrix-free)."""
+    n, d = xb.shape[0], math.prod(b.input_shape)
+    W, Vs = np.zeros((n, k)), np.zeros((n, k, d))
+    n_iter, n_prod, ranks = (np.zeros(n, dtype=np.int64) for _ in range(3))
+    if tol is None and operator == "matrix-free" and method == "lanczos":
+        tol = matrix_free_tol(b)
+    for j in range(n):
+        if operator == "exact":
+            op = FisherOperator.from_backend(xb[j], b)
+        elif operator == "sampled":
+            op = SampledFisherOperator.from_backend(xb[j], b, n_samples, rng=rng)
+        else:
+            op = MatrixFreeFisherOperator(xb[j], b)
+        w, V, inf = top_eigenpairs(op, k, method=method, tol=tol, maxiter=maxiter, rng=rng, return_info=True)
+        W[j], Vs[j] = w, V.T
+        n_iter[j], n_prod[j], ranks[j] = inf.n_iter, inf.n_products, inf.rank_bound
+    return W, Vs, n_iter, n_prod, ranks

@@ -85,7 +85,7 @@ def alignment(run, ds, rng, n):
     idx = correct_subset(run, backend, key, x, y, n, rng)
 
     def compute(sub):
-        _, V = fr.fisher_spectrum(backend, x[sub], k=1)
+        _, V = fr.fisher_spectrum(x[sub], backend, k=1)
         _, g = backend.loss_gradient(x[sub], y[sub])
         v, g = V[:, 0].reshape(len(sub), -1), g.reshape(len(sub), -1)
         cos = np.abs(np.sum(v * g, axis=1)) / np.maximum(np.linalg.norm(g, axis=1), 1e-300)

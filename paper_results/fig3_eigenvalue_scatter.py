@@ -32,8 +32,8 @@ def scatter_data(run: C.Run, dataset: str, n: int, rng: np.random.Generator) -> 
     idx = np.sort(rng.choice(correct, size=min(n, len(correct)), replace=False))
 
     def compute(sub):
-        w, _ = fr.fisher_spectrum(backend, x[sub], k=1)
-        lp = fr.least_perturbation("ossa", x[sub], backend, labels=y[sub], lo=0.0, hi=HI, tol=1e-3)
+        w, _ = fr.fisher_spectrum(x[sub], backend, k=1)
+        lp = fr.least_perturbation(x[sub], backend, "ossa", labels=y[sub], lo=0.0, hi=HI, tol=1e-3)
         return {"index": sub, "lambda1": w[:, 0], "least": lp}
 
     res = run.chunked(compute, idx, chunk=CHUNK[dataset], desc=f"{dataset} spectra", key=("fig3", C.model_tag(key), HI, "scan24"))

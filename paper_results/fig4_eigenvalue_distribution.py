@@ -38,9 +38,9 @@ def histograms(run, rng):
     def compute(sub):
         xs, ys = x[sub], y[sub]
         ok = C.predictions(backend, xs) == ys
-        lam_clean = fr.fisher_spectrum(backend, xs, k=1)[0][:, 0]
+        lam_clean = fr.fisher_spectrum(xs, backend, k=1)[0][:, 0]
         r = fr.fgm(xs, backend, epsilon=FGM_EPS, labels=ys)
-        lam_adv = fr.fisher_spectrum(backend, r.x_adv, k=1)[0][:, 0]
+        lam_adv = fr.fisher_spectrum(r.x_adv, backend, k=1)[0][:, 0]
         return {"correct": ok, "clean": lam_clean, "adv": lam_adv, "success": r.success & ok}
 
     return spec.name, run.chunked(compute, idx, chunk=CHUNK["mnist"], desc="mnist lambda_1 clean / FGM",
@@ -62,7 +62,7 @@ def growth(run, ds, rng):
         xs, ys = x[sub], y[sub]
         r = fr.ossa(xs, backend, epsilon=T_MAX[ds], labels=ys)
         v = r.eigenvector
-        lam = np.stack([fr.fisher_spectrum(backend, np.clip(xs + t * v, 0.0, 1.0), k=3)[0] for t in ts], axis=1)
+        lam = np.stack([fr.fisher_spectrum(np.clip(xs + t * v, 0.0, 1.0), backend, k=3)[0] for t in ts], axis=1)
         return {"index": sub, "lam": lam}  # (n, t, 3)
 
     res = run.chunked(compute, idx, chunk=CHUNK[ds], desc=f"{ds} growth along OSSA",

@@ -38,7 +38,7 @@ def least_perturbations(run: C.Run, dataset: str, n: int | None, rng: np.random.
         for a in ("fgm", "ossa"):
             lp = np.full(len(sub), np.nan)
             if ok.any():
-                lp[ok] = fr.least_perturbation(a, xs[ok], backend, labels=ys[ok], lo=LO, hi=HI, tol=TOL)
+                lp[ok] = fr.least_perturbation(xs[ok], backend, a, labels=ys[ok], lo=LO, hi=HI, tol=TOL)
             out[a] = lp
         return out
 

@@ -82,7 +82,7 @@ def detection_report(run: C.Run, ds: str):
     idx = C.random_subset(len(x), n, rng)
     tr = C.random_subset(len(xtr), n_train, rng)
     ok = C.predictions(backend, x[idx]) == y[idx]
-    lp = fr.least_perturbation("fgm", x[idx][ok], backend, labels=y[idx][ok], lo=0.0, hi=6.0, tol=1e-3)
+    lp = fr.least_perturbation(x[idx][ok], backend, "fgm", labels=y[idx][ok], lo=0.0, hi=6.0, tol=1e-3)
     eps = float(np.percentile(lp[np.isfinite(lp)], 90))
     print(f"{run.script}: {ds} detection on {len(idx)} test inputs ({spec.name}), l2 budget {eps:.3f}; this takes "
           "a while", flush=True)

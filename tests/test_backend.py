@@ -131,8 +131,8 @@ def test_callable_backend_single_and_batched():
     pb, gb = bb.class_gradients(X)
     np.testing.assert_allclose(gb, model.class_gradients(X)[1], rtol=1e-13)
     # the callable works everywhere a backend does
-    w, _ = fr.fisher_spectrum(fn, np.full(3, 0.2), k=2)
-    w2, _ = fr.fisher_spectrum(model, np.full(3, 0.2), k=2)
+    w, _ = fr.fisher_spectrum(np.full(3, 0.2), fn, k=2)
+    w2, _ = fr.fisher_spectrum(np.full(3, 0.2), model, k=2)
     np.testing.assert_allclose(w, w2, rtol=1e-12)
     assert as_backend(model) is model
     with pytest.raises(ValueError, match="disagrees with the backend's"):
@@ -164,7 +164,7 @@ def test_capabilities_are_declared_and_enforced():
 ])
 def test_bad_backend_outputs_are_refused(bad, match):
     with pytest.raises((ValueError, TypeError), match=match):
-        fr.fisher_spectrum(bad, np.zeros(3), k=1)
+        fr.fisher_spectrum(np.zeros(3), bad, k=1)
 
 
 def test_bad_inputs_are_refused():

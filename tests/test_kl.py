@@ -35,15 +35,15 @@ def ratio(model, G, x, v, t):
 @given(numpy_models(), st.integers(0, 2**31), st.booleans())
 def test_kl_quadratic_form_ratio_tends_to_one(model_x, seed, top):
     model, x = model_x
-    G = FisherOperator.from_backend(model, x)
+    G = FisherOperator.from_backend(x, model)
     if top:
-        _, V = fisher_spectrum(model, x, k=1)
+        _, V = fisher_spectrum(x, model, k=1)
         v = V[0]
     else:
         v = np.random.default_rng(seed).standard_normal(x.shape)
         v /= np.linalg.norm(v)
     quad = float(v.ravel() @ (G @ v.ravel()))
-    lam = fisher_spectrum(model, x, k=1)[0][0]
+    lam = fisher_spectrum(x, model, k=1)[0][0]
     # a direction (nearly) in the kernel of G (rank <= C - 1): KL is then quartic in ||eta|| and the
     # ratio tends to 1 only for eta far below what double precision resolves
     assume(quad > 1e-3 * lam)

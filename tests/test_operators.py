@@ -133,7 +133,7 @@ def test_sampled_from_backend_asks_only_drawn_classes():
     orig = model._class_gradients
     model._class_gradients = lambda x, classes: calls.append(classes) or orig(x, classes)
     x = np.random.default_rng(0).uniform(size=10)
-    A = SampledFisherOperator.from_backend(model, x, n_samples=4, rng=0)
+    A = SampledFisherOperator.from_backend(x, model, n_samples=4, rng=0)
     assert calls and calls[0] is not None and len(calls[0]) <= 4
     p, g = model.class_gradients(x)
     np.testing.assert_allclose(A.todense(), SampledFisherOperator(p[0], g[0], classes=A.classes).todense())
@@ -142,8 +142,8 @@ def test_sampled_from_backend_asks_only_drawn_classes():
 @given(numpy_models())
 def test_matrix_free_operator_matches_exact(model_x):
     model, x = model_x
-    A = MatrixFreeFisherOperator(model, x)
-    B = FisherOperator.from_backend(model, x)
+    A = MatrixFreeFisherOperator(x, model)
+    B = FisherOperator.from_backend(x, model)
     V = np.random.default_rng(0).standard_normal((x.size, 3))
     ref = B @ V
     np.testing.assert_allclose(A @ V, ref, rtol=1e-9, atol=1e-12 * np.abs(ref).max())
@@ -167,4 +167,4 @@ def test_operator_input_errors():
         FisherOperator(["a", "b"], np.ones((2, 2)))
     with pytest.raises(TypeError, match="does not provide 'fisher_vector_product'"):
         from fisher_ref import as_backend
-        MatrixFreeFisherOperator(as_backend(lambda x: (p, np.ones((2, 3)))), np.zeros(3))
+        MatrixFreeFisherOperator(np.zeros(3), as_backend(lambda x: (p, np.ones((2, 3)))))

@@ -138,7 +138,7 @@ def test_fisher_spectrum_per_input(model_x, method, operator):
     xb = np.stack([x, np.clip(x[::-1] if x.ndim == 1 else x + 0.1, 0, 1)])
     k = min(4, x.size)
     kw = dict(tol=1e-13, maxiter=100000) if method in ("power", "block-lanczos") else {}
-    w, V, info = fisher_spectrum(model, xb, k=k, method=method, operator=operator, rng=0, return_info=True, **kw)
+    w, V, info = fisher_spectrum(xb, model, k=k, method=method, operator=operator, rng=0, return_info=True, **kw)
     assert w.shape == (2, k) and V.shape == (2, k) + x.shape
     if operator == "sampled":
         return
@@ -149,19 +149,19 @@ def test_fisher_spectrum_per_input(model_x, method, operator):
         if w_ref[0] - w_ref[1] > 1e-3 * w_ref[0]:
             assert abs(abs(V[j, 0].ravel() @ V_ref[:, 0]) - 1) < 1e-6
     # one input in, one result out
-    w1, V1 = fisher_spectrum(model, xb[0], k=k, method=method, operator=operator, rng=0, **kw)
+    w1, V1 = fisher_spectrum(xb[0], model, k=k, method=method, operator=operator, rng=0, **kw)
     assert w1.shape == (k,) and V1.shape == (k,) + x.shape
 
 
 def test_auto_chooses_by_cost_and_says_why():
     small = MLPModel.random((20,), 10, (8,), rng=0)
-    _, _, info = fisher_spectrum(small, np.full(20, 0.5), k=5, return_info=True)
+    _, _, info = fisher_spectrum(np.full(20, 0.5), small, k=5, return_info=True)
     assert (info.operator, info.method) == ("exact", "gram") and "Gram" in info.reason
     big = MLPModel.random((20,), 400, (8,), rng=0)
-    _, _, info = fisher_spectrum(big, np.full(20, 0.5), k=5, return_info=True)
+    _, _, info = fisher_spectrum(np.full(20, 0.5), big, k=5, return_info=True)
     assert (info.operator, info.method) == ("matrix-free", "lanczos") and "Lanczos" in info.reason
     callable_backend = fr.as_backend(lambda x: tuple(a[0] for a in small.class_gradients(x)), input_shape=(20,))
-    _, _, info = fisher_spectrum(callable_backend, np.full(20, 0.5), k=3, return_info=True)
+    _, _, info = fisher_spectrum(np.full(20, 0.5), callable_backend, k=3, return_info=True)
     assert info.operator == "exact" and "no Fisher-vector product" in info.reason
 
 
@@ -169,26 +169,26 @@ def test_alias_spectrum_is_biased_upwards_at_paper_draws():
     """At C/5 draws the alias estimate of lambda_1 is biased: measure, do not hide it."""
     model = MLPModel.random((30,), 50, (10,), scale=3.0, rng=4)
     x = np.random.default_rng(0).uniform(size=30)
-    w_exact, _ = fisher_spectrum(model, x, k=1, method="gram")
-    est = [fisher_spectrum(model, x, k=1, operator="sampled", method="gram", rng=s)[0][0] for s in range(200)]
+    w_exact, _ = fisher_spectrum(x, model, k=1, method="gram")
+    est = [fisher_spectrum(x, model, k=1, operator="sampled", method="gram", rng=s)[0][0] for s in range(200)]
     assert np.isfinite(np.mean(est))
     # many draws converge to the exact value
-    w_many, _ = fisher_spectrum(model, x, k=1, operator="sampled", n_samples=20000, method="gram", rng=0)
+    w_many, _ = fisher_spectrum(x, model, k=1, operator="sampled", n_samples=20000, method="gram", rng=0)
     np.testing.assert_allclose(w_many, w_exact, rtol=0.05)
 
 
 def test_fisher_spectrum_errors():
     model = MLPModel.random((4,), 3, (5,), rng=0)
     with pytest.raises(ValueError, match="operator must be one of"):
-        fisher_spectrum(model, np.zeros(4), k=2, operator="fast")
+        fisher_spectrum(np.zeros(4), model, k=2, operator="fast")
     with pytest.raises(ValueError, match="method='gram' needs class gradients"):
-        fisher_spectrum(model, np.zeros(4), k=2, method="gram", operator="matrix-free")
+        fisher_spectrum(np.zeros(4), model, k=2, method="gram", operator="matrix-free")
     with pytest.raises(ValueError, match=r"x has shape \(3,\), expected \(4,\) or a batch \(n, 4\)"):
-        fisher_spectrum(model, np.zeros(3), k=2)
+        fisher_spectrum(np.zeros(3), model, k=2)
     with pytest.raises(ValueError, match="x contains 1 NaN"):
-        fisher_spectrum(model, np.array([0, np.nan, 0, 0]), k=2)
+        fisher_spectrum(np.array([0, np.nan, 0, 0]), model, k=2)
     with pytest.raises(ValueError, match=r"k must satisfy 1 <= k <= 4 \(the dimension\), got 20"):
-        fisher_spectrum(model, np.zeros(4))
+        fisher_spectrum(np.zeros(4), model)
 
 
 def test_matrix_free_default_tolerance_follows_the_backend_precision():
@@ -216,7 +216,7 @@ def test_blas_threads_are_limited_only_around_backend_products():
             seen.append(max(i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"))
             return super()._matmat(V)
 
-    op = Spy(model, x)
+    op = Spy(x, model)
     w, _ = fr.top_eigenpairs(op, 3, method="lanczos")
     assert seen and set(seen) == {1}
     with _backend_driven(fr.FisherOperator(*[a[0] for a in model.class_gradients(x)])):

@@ -109,8 +109,8 @@ def run(n_inputs: int = 3, k: int = 4, seed: int = 0, verbose: bool = True) -> l
             t0 = time.perf_counter()
             p, g = b.class_gradients(X)
             fvp = b.fisher_vector_product(X, V)
-            w, vecs = fisher_spectrum(b, X, k=k, method="gram")
-            w_mf, _ = fisher_spectrum(b, X, k=k, operator="matrix-free", method="lanczos", rng=0)
+            w, vecs = fisher_spectrum(X, b, k=k, method="gram")
+            w_mf, _ = fisher_spectrum(X, b, k=k, operator="matrix-free", method="lanczos", rng=0)
             res = ossa(X, b, epsilon=0.5, bounds=None)
             for j, (p_t, g_t, G_t) in enumerate(truth):
                 w_t, V_t = np.linalg.eigh(G_t)

@@ -71,8 +71,8 @@ def run(n_random: int = 4, seed: int = 0, verbose: bool = True) -> list[dict]:
     records = []
     for name, (backend, net, X, smooth) in _models().items():
         for j, x in enumerate(X):
-            A = FisherOperator.from_backend(backend, x)
-            w, V = fisher_spectrum(backend, x, k=1)
+            A = FisherOperator.from_backend(x, backend)
+            w, V = fisher_spectrum(x, backend, k=1)
             dirs = [("top eigenvector", V[0])] + [(f"random {i}", rng.standard_normal(x.shape)) for i in range(n_random)]
             for what, v in dirs:
                 v = v / np.linalg.norm(v)
