@@ -28,7 +28,7 @@ import numpy as np
 
 from .._backend import Backend, _check_shape
 from .._softmax import fisher_weights, log_softmax, softmax_seeds
-from .._validation import shape_str
+from .._validation import check_int, check_method, shape_str
 
 __all__ = ["OnnxBackend"]
 
@@ -176,10 +176,8 @@ class OnnxBackend(Backend):
                  input_shape: Sequence[int] | None = None):
         onnx, ort, onnx_ad = _frameworks()
         self._onnx, self._ort, self._onnx_ad = onnx, ort, onnx_ad
-        if not isinstance(output, str) or output not in OUTPUT_KINDS:
-            raise ValueError(f"output must be one of {', '.join(map(repr, OUTPUT_KINDS))}; got {output!r}")
-        if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        output = check_method(output, OUTPUT_KINDS, "output")
+        batch_size = check_int(batch_size, "batch_size", min_val=1)
         self.model, self._source = _load(onnx, model)
         self._providers = _check_providers(ort, providers)
 

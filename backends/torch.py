@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .._backend import Backend, MissingCapabilityError
-from .._validation import PROB_SUM_RTOL, shape_str
+from .._validation import PROB_SUM_RTOL, check_int, check_method, shape_str
 
 __all__ = ["TorchBackend"]
 
@@ -125,11 +125,8 @@ class TorchBackend(Backend):
         self._torch = torch
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if not isinstance(output, str) or output not in _OUTPUTS:
-            raise ValueError(f"output must be one of {', '.join(map(repr, _OUTPUTS))}; got {output!r}")
-        if chunk_size is not None and (not isinstance(chunk_size, (int, np.integer))
-                                       or isinstance(chunk_size, bool) or chunk_size < 1):
-            raise ValueError(f"chunk_size must be None or a positive int, got {chunk_size!r}")
+        output = check_method(output, _OUTPUTS, "output")
+        chunk_size = check_int(chunk_size, "chunk_size", min_val=1, allow_none=True)
         super().__init__(input_shape)
         self.output = output
         self.chunk_size = None if chunk_size is None else int(chunk_size)

@@ -6,30 +6,46 @@ the Hessian of ``KL(p(x) || p(x + eta))`` at ``eta = 0`` (eq. 3). Its top eigenv
 one-step spectral attack (OSSA, Algorithm 1); its top eigenvalues are features of an
 adversarial-example detector (Section 4).
 
-The core needs only NumPy and SciPy. Backends for PyTorch and ONNX Runtime live in
-:mod:`fisher_ref.backends` and import their framework lazily.
+This namespace holds the maths API; it needs only NumPy and SciPy. Elsewhere:
+:mod:`fisher_ref.backends` (NumPy reference models, PyTorch, ONNX Runtime; each framework imported
+lazily), :mod:`fisher_ref.detection` (the detector and its baselines, scikit-learn),
+:mod:`fisher_ref.audit` (the ``fisher-ref audit`` command for ONNX models), :mod:`fisher_ref.datasets`,
+:mod:`fisher_ref.testing` (golden cases for other implementations). ``ARCHITECTURE.md`` draws the layers.
 """
 
+# the backend protocol: what the core needs from a classifier
+from ._backend import CAPABILITIES, Backend, CallableBackend, MissingCapabilityError, as_backend
+
+# the Fisher information as a matrix and as SciPy operators (eqs. 4 and 6), Walker's alias method
 from ._alias import AliasSampler
-from ._audit import AuditError, AuditResult, audit
-from ._attacks import (
+from ._operators import FisherOperator, MatrixFreeFisherOperator, SampledFisherOperator, fisher_matrix
+
+# its spectrum
+from ._spectrum import NoConvergence, SpectrumInfo, fisher_spectrum, top_eigenpairs
+
+# the attacks (Algorithm 1 and the baselines), their directions, the least perturbation
+from .attacks import (
     AttackResult,
     DegenerateSpectrumWarning,
     IterativeAttackResult,
+    OptResult,
     OSSAResult,
     bim,
     fgm,
+    fgm_direction,
     iterative_ossa,
     least_perturbation,
+    opt,
     ossa,
+    ossa_direction,
     otcm,
+    otcm_direction,
 )
-from ._backend import CAPABILITIES, Backend, CallableBackend, MissingCapabilityError, as_backend
-from ._operators import FisherOperator, MatrixFreeFisherOperator, SampledFisherOperator, fisher_matrix
-from ._opt_attack import OptResult, opt
-from ._spectrum import NoConvergence, SpectrumInfo, choose_method, fisher_spectrum, top_eigenpairs
 
-# the detectors need scikit-learn: imported on first use, so `import fisher_ref` needs NumPy and SciPy only
+__version__ = "0.1.0"
+
+# the detectors need scikit-learn: importable from here lazily (their home is fisher_ref.detection),
+# so that `import fisher_ref` needs NumPy and SciPy only
 _DETECTION = ("FisherSpectrumFeatures", "FisherDetector", "KernelDensityFeatures", "KernelDensityDetector",
               "BayesianUncertaintyFeatures", "BayesianUncertaintyDetector", "KDBUDetector", "LIDFeatures",
               "LIDDetector", "evaluate_detection", "default_detectors", "AUCTable", "DetectionReport",
@@ -49,39 +65,17 @@ def __getattr__(name: str):
 def __dir__():
     return sorted(list(globals()) + list(_DETECTION))
 
-__version__ = "0.1.0"
 
 __all__ = [
-    "AliasSampler",
-    "AttackResult",
-    "AuditError",
-    "AuditResult",
-    "Backend",
-    "CAPABILITIES",
-    "CallableBackend",
-    "DegenerateSpectrumWarning",
-    "FisherOperator",
-    "IterativeAttackResult",
-    "MatrixFreeFisherOperator",
-    "MissingCapabilityError",
-    "NoConvergence",
-    "OSSAResult",
-    "OptResult",
-    "SampledFisherOperator",
-    "SpectrumInfo",
-    "as_backend",
-    "audit",
-    "bim",
-    "choose_method",
-    "fgm",
-    "fisher_matrix",
-    "fisher_spectrum",
-    "iterative_ossa",
-    "least_perturbation",
-    "opt",
-    "ossa",
-    "otcm",
-    "top_eigenpairs",
+    # backend protocol
+    "Backend", "CallableBackend", "as_backend", "CAPABILITIES", "MissingCapabilityError",
+    # operators
+    "fisher_matrix", "FisherOperator", "SampledFisherOperator", "MatrixFreeFisherOperator", "AliasSampler",
+    # spectrum
+    "fisher_spectrum", "top_eigenpairs", "SpectrumInfo", "NoConvergence",
+    # attacks
+    "ossa", "fgm", "otcm", "bim", "iterative_ossa", "opt", "least_perturbation",
+    "ossa_direction", "fgm_direction", "otcm_direction",
+    "AttackResult", "OSSAResult", "IterativeAttackResult", "OptResult", "DegenerateSpectrumWarning",
     "__version__",
-    *_DETECTION,
 ]

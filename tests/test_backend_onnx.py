@@ -412,9 +412,9 @@ def test_unavailable_provider():
         OnnxBackend(om.linear_model(*om.linear_weights()), providers=["NoSuchExecutionProvider"])
 
 
-@pytest.mark.parametrize("bad", [0, -3, 2.5, True])
-def test_bad_batch_size(bad):
-    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+@pytest.mark.parametrize("bad, exc", [(0, ValueError), (-3, ValueError), (2.5, TypeError), (True, TypeError)])
+def test_bad_batch_size(bad, exc):
+    with pytest.raises(exc, match="batch_size must be a positive int"):
         OnnxBackend(om.linear_model(*om.linear_weights()), batch_size=bad)
 
 

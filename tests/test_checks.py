@@ -1,0 +1,44 @@
+"""The argument checks of fisher_ref._validation: one message for every bad scalar."""
+
+import numpy as np
+import pytest
+
+from fisher_ref._validation import check_int, check_real
+
+
+
+@pytest.mark.parametrize("value, kw, exc, match", [
+    (0, dict(min_val=1), ValueError, "n must be a positive int, got 0"),
+    (2.5, dict(min_val=1), TypeError, "n must be a positive int, got 2.5"),
+    (True, dict(min_val=1), TypeError, "n must be a positive int, got True"),
+    (-1, dict(min_val=0), ValueError, "n must be a non-negative int, got -1"),
+    (11, dict(min_val=1, max_val=10), ValueError, r"n must be an int in \[1, 10\], got 11"),
+    ("a", dict(min_val=1, allow_none=True), TypeError, "n must be None or a positive int, got 'a'"),
+    (2, dict(min_val=3), ValueError, "n must be an int >= 3, got 2"),
+])
+def test_check_int_refuses_with_one_message(value, kw, exc, match):
+    with pytest.raises(exc, match=match):
+        check_int(value, "n", **kw)
+
+
+@pytest.mark.parametrize("value, kw, exc, match", [
+    (0.0, dict(min_val=0, include_boundaries="neither"), ValueError, "t must be a positive number, got 0.0"),
+    (-1, dict(min_val=0), ValueError, "t must be a non-negative number, got -1"),
+    (1.0, dict(min_val=0, max_val=1, include_boundaries="left"), ValueError, r"t must be a number in \[0, 1\), got 1.0"),
+    (float("nan"), dict(), ValueError, "t must be a number, got nan"),
+    (float("inf"), dict(min_val=0), ValueError, "t must be a non-negative number, got inf"),
+    ("x", dict(min_val=2), TypeError, "t must be a number >= 2, got 'x'"),
+    (None, dict(), TypeError, "t must be a number, got None"),
+])
+def test_check_real_refuses_with_one_message(value, kw, exc, match):
+    with pytest.raises(exc, match=match):
+        check_real(value, "t", **kw)
+
+
+def test_check_int_and_check_real_return_plain_values():
+    assert check_int(np.int64(3), "n", min_val=1) == 3 and type(check_int(np.int64(3), "n")) is int
+    assert check_int(None, "n", allow_none=True) is None
+    assert check_real(2, "t", min_val=0, include_boundaries="neither") == 2.0
+    assert type(check_real(np.float32(0.5), "t")) is float
+    with pytest.raises(ValueError, match="include_boundaries must be"):
+        check_real(1.0, "t", include_boundaries="open")
