@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import textwrap
 import time
 
 SCRIPTS = {
@@ -28,6 +29,12 @@ SCRIPTS = {
 }
 
 
+def summary(doc: str | None) -> str:
+    """The first paragraph of a docstring as one line (a description cut nowhere)."""
+    first = (doc or "").strip().split("\n\n")[0]
+    return " ".join(line.strip() for line in first.splitlines())
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     names = [a for a in argv if not a.startswith("-") and (a in SCRIPTS or a in ("all", "list"))]
@@ -37,10 +44,18 @@ def main(argv=None) -> int:
         return 0 if ("-h" in rest or "--help" in rest) else 2
     if "list" in names:
         for k, v in SCRIPTS.items():
-            mod = importlib.import_module(f"paper_results.{v}")
-            print(f"{k:7s} {v}.py: {mod.__doc__.splitlines()[0]}")
+            print(f"{k:7s} {v}.py")
+            print(textwrap.fill(summary(importlib.import_module(f"paper_results.{v}").__doc__), width=100,
+                                initial_indent="        ", subsequent_indent="        "))
         return 0
     todo = list(SCRIPTS) if "all" in names else names
+    try:
+        from fisher_ref._extras import require_extras
+
+        require_extras("torch", "onnx", "detect", "plot", "progress", what="the paper reproduction")
+    except ImportError as exc:
+        print(f"paper_results: {exc}", file=sys.stderr)
+        return 2
     t0 = time.perf_counter()
     failed = []
     for name in todo:

@@ -210,14 +210,10 @@ class Run:
 
     # -- progress
     def progress(self, iterable, *, desc: str, total: int | None = None):
-        if self.args.no_progress:
-            return iterable
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:  # pragma: no cover - tqdm is in the paper extras
-            return iterable
-        return tqdm(iterable, desc=f"{self.script}: {desc}", total=total, leave=False, mininterval=1.0,
-                    file=sys.stderr)
+        """A bar on a terminal, one line per step in a log (fisher_ref's progress helper)."""
+        from fisher_ref._progress import progress
+
+        return progress(iterable, desc=f"{self.script}: {desc}", total=total, enabled=not self.args.no_progress)
 
     # -- cached chunks: an interrupted run resumes at the first chunk not on disk
     def chunked(self, fn: Callable[[np.ndarray], dict], idx: np.ndarray, *, chunk: int, desc: str,

@@ -42,3 +42,27 @@ def test_check_int_and_check_real_return_plain_values():
     assert type(check_real(np.float32(0.5), "t")) is float
     with pytest.raises(ValueError, match="include_boundaries must be"):
         check_real(1.0, "t", include_boundaries="open")
+
+
+def test_counts_in_messages_have_the_right_plural():
+    from fisher_ref._text import count
+
+    assert count(1, "shard") == "1 shard" and count(2, "shard") == "2 shards" and count(0, "case") == "0 cases"
+    assert count(3, "matrix") == "3 matrices" and count(2, "batch") == "2 batches" and count(5, "entry") == "5 entries"
+    assert count(2, "key") == "2 keys" and count(4, "criterion", "criteria") == "4 criteria"
+
+
+def test_one_error_names_every_missing_extra(monkeypatch):
+    import importlib.util
+
+    from fisher_ref import _extras
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(_extras.importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("onnx_ad", "matplotlib", "distributed") else real(name, *a))
+    with pytest.raises(ImportError, match=r"the audit needs the optional dependencies distributed, matplotlib, "
+                                          r"onnx_ad: pip install 'fisher-ref\[onnx,audit\]'"):
+        _extras.require_extras("onnx", "audit", "detect", what="the audit")
+    _extras.require_extras("detect", what="detection")  # present: nothing raised
+    with pytest.raises(ValueError, match="extras must be among"):
+        _extras.require_extras("gpu", what="x")

@@ -412,7 +412,7 @@ def _write_jpeg_tarball(tmp_path, rng, per_class=2):
     return data, src
 
 
-def test_cifar_jpeg_tarball_unpacked_once(tmp_path, rng, monkeypatch):
+def test_cifar_jpeg_tarball_read_in_place_and_cached_as_arrays(tmp_path, rng, monkeypatch, capsys):
     pytest.importorskip("PIL")
     data, src = _write_jpeg_tarball(tmp_path, rng)
     cache = tmp_path / "cache"
@@ -422,18 +422,36 @@ def test_cifar_jpeg_tarball_unpacked_once(tmp_path, rng, monkeypatch):
     assert x.shape == (20, 32, 32, 3) and x.dtype == np.uint8
     assert y.tolist() == list(range(10)) * 2  # class-interleaved
     ref, _, _ = load_image_folder(src / "test", class_names=CIFAR10_CLASSES, interleave=True)
-    np.testing.assert_array_equal(x, ref)
-    # unpacked into the cache (not next to the data), with no temporary folder left behind
-    (unpacked,) = [p for p in cache.iterdir()]
-    assert unpacked.name.startswith("cifar10-jpeg-") and (unpacked / "cifar10-jpeg" / "test" / "cat").is_dir()
+    np.testing.assert_array_equal(x, ref)  # the same images, in the same order, as the unpacked folder
+    # nothing unpacked: the cache holds only the decoded arrays, and says where they went
+    (folder,) = list(cache.iterdir())
+    assert folder.name.startswith("cifar10-jpeg-") and sorted(p.name for p in folder.iterdir()) == ["arrays-test-v1.npz"]
+    assert "cached the decoded CIFAR-10 (JPEG) test images in" in capsys.readouterr().err
     assert sorted(p.name for p in data.iterdir()) == ["cifar10-jpeg.tar.gz"]
-    # second load: neither unpacked nor decoded again
-    monkeypatch.setattr(datasets.tarfile, "open", lambda *a, **k: pytest.fail("unpacked twice"))
-    monkeypatch.setattr(datasets, "load_image_folder", lambda *a, **k: pytest.fail("decoded twice"))
+    # second load: neither read from the tarball nor decoded again
+    monkeypatch.setattr(datasets.tarfile, "open", lambda *a, **k: pytest.fail("read twice"))
+    monkeypatch.setattr(datasets, "_decode_images", lambda *a, **k: pytest.fail("decoded twice"))
     x2, y2 = load_cifar10(data, "test", limit=5)
     np.testing.assert_array_equal(x2, x[:5])
     np.testing.assert_array_equal(y2, y[:5])
-    assert (unpacked / "arrays-test-v1.npz").is_file()
+
+
+def test_cifar_jpeg_tarball_without_cache_writes_nothing(tmp_path, rng, monkeypatch):
+    pytest.importorskip("PIL")
+    data, src = _write_jpeg_tarball(tmp_path, rng, per_class=1)
+    monkeypatch.setenv("FISHER_REF_CACHE", str(tmp_path / "cache"))
+    x, y = load_cifar10(data, "train", limit=7, use_cache=False)
+    ref, lab, _ = load_image_folder(src / "train", class_names=CIFAR10_CLASSES, interleave=True, limit=7)
+    np.testing.assert_array_equal(x, ref)
+    np.testing.assert_array_equal(y, lab)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_corrupt_cifar_tarball_is_refused(tmp_path, monkeypatch):
+    (tmp_path / "cifar10-jpeg.tar.gz").write_bytes(b"\x1f\x8b\x08 not really gzip")
+    monkeypatch.setenv("FISHER_REF_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(ValueError, match="cannot read the tarball"):
+        load_cifar10(tmp_path, "test")
 
 
 def test_cifar_jpeg_unpacked_folder(tmp_path, rng, monkeypatch):
