@@ -11,12 +11,14 @@ import importlib
 from typing import TYPE_CHECKING
 
 from ._numpy_models import LogisticRegressionModel, MLPModel
+from .normalized import NormalizedBackend
 
 if TYPE_CHECKING:  # pragma: no cover
     from .onnxruntime import OnnxBackend
     from .torch import TorchBackend
 
-__all__ = ["LogisticRegressionModel", "MLPModel", "TorchBackend", "OnnxBackend", "bundled_path", "bundled_mnist_mlp"]
+__all__ = ["LogisticRegressionModel", "MLPModel", "NormalizedBackend", "TorchBackend", "OnnxBackend", "bundled_path",
+           "bundled_mnist_mlp"]
 
 BUNDLED = ("mnist_mlp_tanh.npz", "mnist_mlp_tanh.onnx", "mnist_lenet.onnx", "mnist_lenet.pt", "mnist_sample.npz")
 

@@ -19,7 +19,10 @@ examples:
   fisher-ref audit model.onnx --data x.npz --out audit/ --resume     # continue an interrupted audit
 
 Without --out the audit writes into a fresh ./fisher-ref-audit/run-YYYYmmdd-HHMMSS/. An existing,
-non-empty --out is refused unless --force (overwrite) or --resume (continue) is given.
+non-empty --out is refused unless --resume (continue: only shards the manifest proves are kept),
+--force (remove what the previous audit's manifest.json lists) or --force-any (a folder with no
+manifest: overwrite the audit's file names there) is given; nothing else in the folder is touched.
+One audit at a time writes into a folder (a lock file; --break-lock removes one left by a killed run).
 Exit status: 0 done (or stopped by --max-shards), 2 bad input, 130 interrupted (resume with --resume).
 """
 
@@ -67,42 +70,73 @@ def _audit_parser(sub) -> argparse.ArgumentParser:
                    help="ONNX Runtime execution providers in order (default: CUDA when available, else CPU)")
     g.add_argument("--batch-size", type=int, default=64, help="inputs per ONNX Runtime run (default 64)")
     g.add_argument("--input-name", help="the graph input to differentiate (models with several inputs)")
+    g.add_argument("--output-name", help="the graph output holding the class scores (models with several outputs)")
     g = p.add_argument_group("output and execution")
     g.add_argument("--out", metavar="DIR", help="output folder (default: ./fisher-ref-audit/run-YYYYmmdd-HHMMSS)")
     x = g.add_mutually_exclusive_group()
     x.add_argument("--resume", action="store_true", help="continue an interrupted audit in --out")
-    x.add_argument("--force", action="store_true", help="overwrite an existing audit in --out")
+    x.add_argument("--force", action="store_true", help="start over: remove the files the audit in --out lists "
+                   "in its manifest.json (nothing else)")
+    x.add_argument("--force-any", action="store_true", help="like --force for a folder with no audit manifest: "
+                   "overwrite the audit's file names there (other files are kept)")
+    g.add_argument("--break-lock", action="store_true", help="remove the lock of a killed audit (a process no "
+                   "longer running) on --out")
     g.add_argument("--shard-size", type=int, default=50, help="inputs per shard (default 50)")
     g.add_argument("--max-shards", type=int, metavar="N", help="compute at most N shards, then stop (resume later)")
     g.add_argument("--scheduler", metavar="ADDRESS",
                    help="run shards on a Dask cluster: a scheduler address (tcp://host:8786) or local:N for N local "
                         "worker processes; the model path must be readable by the workers")
+    g.add_argument("--worker-timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="with --scheduler: stop (finished shards kept) when no worker has been alive this long "
+                        "(default 60)")
     g.add_argument("--no-report", action="store_true", help="write results.csv and summary.json only")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
 
+#: Options whose command-line flag is not ``--`` + the keyword with dashes.
+_FLAG = {"data_format": "--format"}
+
+
+def _flag(option: str) -> str:
+    return _FLAG.get(option, "--" + option.replace("_", "-"))
+
+
+def _error_line(exc) -> str:
+    """One line for an AuditError; an option's own message names its --flag."""
+    from .audit import ConfigError
+
+    msg = " ".join(str(exc).split())
+    if isinstance(exc, ConfigError) and exc.option and msg.startswith(f"{exc.option} "):
+        msg = _flag(exc.option) + msg[len(exc.option):]
+    return f"fisher-ref audit: error: {msg}"
+
+
+def _audit_options(args) -> dict:
+    return dict(out=args.out, k=args.k, epsilons=args.epsilons, limit=args.limit, providers=args.providers,
+                batch_size=args.batch_size, input_name=args.input_name, output_name=args.output_name,
+                data_format=args.data_format, split=args.split, layout=args.layout, scale=args.scale, mean=args.mean,
+                std=args.std, resize=args.resize,
+                bounds=None if args.no_clip else ("auto" if args.bounds is None else tuple(args.bounds)),
+                max_epsilon=args.max_epsilon, tol=args.tol, shard_size=args.shard_size,
+                n_vulnerable=args.n_vulnerable, resume=args.resume, force=args.force, force_any=args.force_any,
+                break_lock=args.break_lock, scheduler=args.scheduler, worker_timeout=args.worker_timeout,
+                max_shards=args.max_shards, progress=not args.no_progress, report=not args.no_report)
+
+
 def _run_audit(args) -> int:
-    from ._audit import AuditError, audit
+    from . import audit as audit_pkg
 
     def log(line: str) -> None:
         print(line, flush=True)
 
-    bounds = None if args.no_clip else ("auto" if args.bounds is None else tuple(args.bounds))
     try:
-        res = audit(args.model, args.data, out=args.out, labels=args.labels, k=args.k, epsilons=args.epsilons,
-                    limit=args.limit, providers=args.providers, batch_size=args.batch_size,
-                    input_name=args.input_name, data_format=args.data_format, split=args.split,
-                    layout=args.layout, scale=args.scale, mean=args.mean, std=args.std, resize=args.resize,
-                    bounds=bounds, max_epsilon=args.max_epsilon, tol=args.tol, shard_size=args.shard_size,
-                    n_vulnerable=args.n_vulnerable, resume=args.resume, force=args.force,
-                    scheduler=args.scheduler, max_shards=args.max_shards, progress=not args.no_progress,
-                    report=not args.no_report, log=log)
-    except AuditError as exc:
+        res = audit_pkg.audit(args.model, args.data, labels=args.labels, log=log, **_audit_options(args))
+    except audit_pkg.AuditError as exc:
         if args.debug:
             raise
-        print(f"fisher-ref audit: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        print(_error_line(exc), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         if args.debug:
@@ -117,6 +151,10 @@ def _run_audit(args) -> int:
         print(f"fisher-ref audit: internal error: {type(exc).__name__}: {' '.join(str(exc).split())} "
               "(run with --debug for the traceback)", file=sys.stderr)
         return 1
+    return _print_result(res)
+
+
+def _print_result(res) -> int:
     if not res.complete:
         return 0
     s = res.summary

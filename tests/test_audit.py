@@ -21,9 +21,9 @@ onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 import fisher_ref as fr  # noqa: E402
-from fisher_ref import _audit  # noqa: E402
+import fisher_ref.audit as audit_pkg  # noqa: E402
 from fisher_ref.__main__ import main  # noqa: E402
-from fisher_ref._audit import AuditError, AuditResult, audit  # noqa: E402
+from fisher_ref.audit import AuditError, AuditResult, _shards, audit  # noqa: E402
 from fisher_ref.backends import OnnxBackend, bundled_path  # noqa: E402
 from fisher_ref.datasets import load_bundled_mnist  # noqa: E402
 
@@ -200,7 +200,7 @@ def test_cli_small_run_prints_where_it_wrote(tmp_path, capsys):
     code, stdout, err = run(["audit", "--out", out, "--limit", "10", "--k", "2", "--no-progress", "--no-report"], capsys)
     assert code == 0, err
     assert f"wrote {out}/" in stdout and "fooling rate over" in stdout
-    assert sorted(p.name for p in out.iterdir()) == ["results.csv", "shards", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "results.csv", "shards", "summary.json"]
 
 
 def test_no_arguments_runs_the_bundled_audit(monkeypatch, tmp_path, capsys):
@@ -210,7 +210,7 @@ def test_no_arguments_runs_the_bundled_audit(monkeypatch, tmp_path, capsys):
         seen.update(model=model, data=data, **kw)
         raise AuditError("stub")
 
-    monkeypatch.setattr(_audit, "audit", fake)
+    monkeypatch.setattr(audit_pkg, "audit", fake)
     for argv in ([], ["audit"]):
         seen.clear()
         code, _, err = run(argv, capsys)
@@ -258,7 +258,7 @@ def test_resume_after_max_shards(bundled_run, tmp_path):
 def test_resume_after_interrupt_recomputes_nothing_done(bundled_run, tmp_path, monkeypatch, capsys):
     """Ctrl-C during shard 2: shards 0 and 1 stay on disk; --resume computes 2 and 3 only."""
     calls = []
-    real = _audit.compute_shard
+    real = _shards.compute_shard
 
     def interrupted(spec, x, y, index):
         calls.append(int(index[0]))
@@ -266,7 +266,7 @@ def test_resume_after_interrupt_recomputes_nothing_done(bundled_run, tmp_path, m
             raise KeyboardInterrupt
         return real(spec, x, y, index)
 
-    monkeypatch.setattr(_audit, "compute_shard", interrupted)
+    monkeypatch.setattr(_shards, "compute_shard", interrupted)
     out = tmp_path / "a"
     code, _, err = run(["audit", "--out", out, *SMALL], capsys)
     assert code == 130 and "--resume" in err

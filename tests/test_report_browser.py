@@ -20,7 +20,7 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx_ad")
 pytest.importorskip("matplotlib")
 
-from fisher_ref._audit import audit  # noqa: E402
+from fisher_ref.audit import audit  # noqa: E402
 
 
 def _chromium() -> str | None:

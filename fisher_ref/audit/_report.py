@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -50,13 +51,14 @@ def _plt():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
-    fig.savefig(path, dpi=110, bbox_inches="tight", metadata={"Software": None})
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
     _plt().close(fig)
-    return path
+    return buf.getvalue()
 
 
-def _fooling_plot(path: Path, summary: dict, cols: dict, attacked: np.ndarray) -> Path:
+def _fooling_plot(summary: dict, cols: dict, attacked: np.ndarray) -> bytes:
     plt = _plt()
     fr = summary["fooling_rate"]
     eps = np.asarray(fr["epsilons"], dtype=float)
@@ -78,10 +80,10 @@ def _fooling_plot(path: Path, summary: dict, cols: dict, attacked: np.ndarray) -
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title(f"Fooling rate over {fr['n']} {'correctly classified ' if 'correct' in fr['over'] else ''}inputs",
                  fontsize=10)
-    return _save(fig, path)
+    return _png(fig)
 
 
-def _eigen_plot(path: Path, cols: dict) -> Path:
+def _eigen_plot(cols: dict) -> bytes:
     plt = _plt()
     w = cols["eigenvalues"]
     fig, ax = plt.subplots(figsize=(6.0, 3.8))
@@ -100,10 +102,10 @@ def _eigen_plot(path: Path, cols: dict) -> Path:
     ax.set_ylabel("inputs")
     ax.grid(alpha=0.3)
     ax.set_title(f"Top Fisher eigenvalues of {w.shape[0]} inputs", fontsize=10)
-    return _save(fig, path)
+    return _png(fig)
 
 
-def _scatter_plot(path: Path, summary: dict, cols: dict, attacked: np.ndarray) -> Path:
+def _scatter_plot(summary: dict, cols: dict, attacked: np.ndarray) -> bytes:
     plt = _plt()
     lam = cols["eigenvalues"][:, 0]
     lp = cols["least_perturbation"]
@@ -119,11 +121,11 @@ def _scatter_plot(path: Path, summary: dict, cols: dict, attacked: np.ndarray) -
     ax.set_xlabel("log10 top eigenvalue lambda_1")
     ax.set_ylabel("OSSA least l2 perturbation")
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return _png(fig)
 
 
-def _grid_plot(path: Path, entries: list, x: np.ndarray, x_adv: np.ndarray, pos: dict, view, bounds,
-               title: str, names) -> Path:
+def _grid_plot(entries: list, x: np.ndarray, x_adv: np.ndarray, pos: dict, view, bounds, title: str,
+               names) -> bytes:
     plt = _plt()
     m = len(entries)
     fig, axes = plt.subplots(3, m, figsize=(1.45 * m + 0.6, 4.9), squeeze=False)
@@ -162,7 +164,7 @@ def _grid_plot(path: Path, entries: list, x: np.ndarray, x_adv: np.ndarray, pos:
         axes[r, 0].set_ylabel(lab, fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return _png(fig)
 
 
 def _name(c, names) -> str:
@@ -173,8 +175,8 @@ def _name(c, names) -> str:
     return str(int(c))
 
 
-def _data_uri(path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
 def _f(v, fmt: str = ".4g") -> str:
@@ -240,13 +242,18 @@ _SCRIPT = """
 """
 
 
-def write_report(out: Path, summary: dict, cols: dict, x: np.ndarray, x_adv: np.ndarray, *,
-                 class_names=None) -> dict:
-    """Write the PNG plots and ``report.html`` into ``out``.
+_GRIDS = (("by_least_perturbation", "vulnerable_least_perturbation.png", "Smallest OSSA least perturbation"),
+          ("by_top_eigenvalue", "vulnerable_top_eigenvalue.png", "Largest top eigenvalue"))
+
+
+def write_report(write: Callable[[str, bytes], None], summary: dict, cols: dict, x: np.ndarray, x_adv: np.ndarray,
+                 *, class_names=None) -> list[str]:
+    """Make the PNG plots and ``report.html`` and hand each to ``write(name, bytes)``.
 
     Parameters
     ----------
-    out : pathlib.Path
+    write : callable
+        Writes one file of the report (the audit writes it atomically into its folder).
     summary : dict
         The audit summary (``summary.json`` content so far).
     cols : dict of ndarray
@@ -257,39 +264,36 @@ def write_report(out: Path, summary: dict, cols: dict, x: np.ndarray, x_adv: np.
 
     Returns
     -------
-    dict of str to pathlib.Path
-        The files written, by name.
+    list of str
+        The names of the files written, ``report.html`` last.
     """
-    out = Path(out)
     has_labels = summary["data"]["has_labels"]
     attacked = (cols["prediction"] == cols["label"]) if has_labels else np.ones(cols["index"].shape[0], dtype=bool)
-    files = {"fooling_rate.png": _fooling_plot(out / "fooling_rate.png", summary, cols, attacked),
-             "eigenvalues.png": _eigen_plot(out / "eigenvalues.png", cols),
-             "scatter.png": _scatter_plot(out / "scatter.png", summary, cols, attacked)}
+    pngs = {"fooling_rate.png": _fooling_plot(summary, cols, attacked),
+            "eigenvalues.png": _eigen_plot(cols),
+            "scatter.png": _scatter_plot(summary, cols, attacked)}
     view = image_view(x.shape[1:])
-    bounds = summary["config"]["bounds"]
     pos = {int(i): j for j, i in enumerate(cols["index"])}
     mv = summary["most_vulnerable"]
     grids = []
-    if view is not None:
-        for key, fname, title in (("by_least_perturbation", "vulnerable_least_perturbation.png",
-                                   "Smallest OSSA least perturbation"),
-                                  ("by_top_eigenvalue", "vulnerable_top_eigenvalue.png", "Largest top eigenvalue")):
-            if mv[key]:
-                files[fname] = _grid_plot(out / fname, mv[key], x, x_adv, pos, view, bounds, title, class_names)
-                grids.append((key, fname))
-    page = _html(summary, files, grids, class_names)
-    (out / "report.html").write_text(page, encoding="utf-8")
-    files["report.html"] = out / "report.html"
-    return files
+    for key, fname, title in (_GRIDS if view is not None else ()):
+        if mv[key]:
+            pngs[fname] = _grid_plot(mv[key], x, x_adv, pos, view, summary["config"]["bounds"], title, class_names)
+            grids.append((key, fname))
+    for name, png in pngs.items():
+        write(name, png)
+    write("report.html", _html(summary, pngs, grids, class_names).encode("utf-8"))
+    return [*pngs, "report.html"]
 
 
-def _html(summary: dict, files: dict, grids: list, names) -> str:
-    m, d, cfg = summary["model"], summary["data"], summary["config"]
+def _figure(pngs: dict, name: str, caption: str) -> str:
+    return (f'<figure><img alt="{html.escape(name)}" src="{_data_uri(pngs[name])}"><figcaption>{caption}'
+            "</figcaption></figure>")
+
+
+def _cards(summary: dict) -> str:
     fr, sp, lp = summary["fooling_rate"], summary["spearman"], summary["least_perturbation"]
-    esc = html.escape
     eps = fr["epsilons"]
-    model_name = Path(m["path"]).name
     i_mid = min(range(len(eps)), key=lambda i: abs(eps[i] - 2.0))
     cards = [
         (f"{summary['n_inputs']}", "inputs audited"),
@@ -299,14 +303,10 @@ def _html(summary: dict, files: dict, grids: list, names) -> str:
         (_f(lp["stats"]["median"] if lp["stats"] else None, ".3f"), "median least l2 perturbation (OSSA)"),
         (_f(sp["rho"], ".3f"), "Spearman &rho;(log &lambda;<sub>1</sub>, least perturbation)"),
     ]
-    card_html = "".join(f'<div class="card"><b>{v}</b><span>{t}</span></div>' for v, t in cards)
-    rate_rows = "".join(f"<tr><td>{e:g}</td><td>{_pct(o)}</td><td>{_pct(f)}</td></tr>"
-                        for e, o, f in zip(eps, fr["ossa"], fr["fgm"]))
+    return "".join(f'<div class="card"><b>{v}</b><span>{t}</span></div>' for v, t in cards)
 
-    def fig(name: str, caption: str) -> str:
-        return (f'<figure><img alt="{esc(name)}" src="{_data_uri(files[name])}"><figcaption>{caption}</figcaption>'
-                "</figure>")
 
+def _vulnerable(summary: dict, pngs: dict, grids: list, names) -> str:
     vul = []
     for key, title in (("by_least_perturbation", "Smallest least perturbation"),
                        ("by_top_eigenvalue", "Largest top eigenvalue")):
@@ -314,36 +314,64 @@ def _html(summary: dict, files: dict, grids: list, names) -> str:
         vul.append(f"<h3>{title}</h3>")
         grid = next((f for k, f in grids if k == key), None)
         if grid:
-            vul.append(fig(grid, "Rows: the input, the OSSA adversarial example at its least perturbation, and the "
-                                 "perturbation (scaled to its own range). Titles: index and label; the adversarial "
-                                 "prediction and &epsilon;; the top eigenvalue."))
+            vul.append(_figure(pngs, grid, "Rows: the input, the OSSA adversarial example at its least perturbation, "
+                                           "and the perturbation (scaled to its own range). Titles: index and label; "
+                                           "the adversarial prediction and &epsilon;; the top eigenvalue."))
         vul.append(_vuln_table(entries, names) if entries else "<p>No input qualifies.</p>")
+    return "".join(vul)
+
+
+def _configuration(summary: dict, pngs: dict) -> str:
+    m, d, cfg, run = summary["model"], summary["data"], summary["config"], summary["run"]
+    esc = html.escape
     norm = d.get("normalization")
     prep = [f"scale: {esc(str(d.get('scale')))}", f"layout: {esc(str(d.get('layout')))}"]
     if d.get("resize"):
         prep.append(f"resize: {d['resize'][0]} x {d['resize'][1]}")
     if norm:
         prep.append(f"normalisation (x - mean) / std applied inside the model: mean {norm['mean']}, std {norm['std']}")
+    file_items = "".join(f"<li><code>{esc(n)}</code></li>" for n in sorted(pngs) + ["summary.json", "shards/"])
+    eps = ", ".join(f"{e:g}" for e in cfg["epsilons"])
+    dask = "" if cfg["scheduler"] is None else f"on Dask ({esc(str(cfg['scheduler']))})"
+    return f"""<dl>
+<dt>model</dt><dd><code>{esc(m['path'])}</code> (sha256 {esc(m['sha256'][:16])}&hellip;), input <code>{esc(m['input_name'])}</code>,
+output <code>{esc(m['output_name'])}</code> read as {esc(m['output_kind'])}</dd>
+<dt>data</dt><dd><code>{esc(str(d.get('path')))}</code> ({esc(str(d.get('format')))}, raw shape {esc(str(tuple(d['raw_shape'])))}
+{esc(d['raw_dtype'])}); {'; '.join(prep)}</dd>
+<dt>attacks</dt><dd>k = {cfg['k']} eigenvalues, &epsilon; &isin; {{{eps}}},
+bounds {esc(str(cfg['bounds']))}, {cfg['n_shards']} shards of {cfg['shard_size']}
+{dask}; compute {run['compute_seconds']:.1f} s</dd>
+<dt>files in this folder</dt><dd><ul>{file_items}</ul></dd>
+</dl>"""
+
+
+def _html(summary: dict, pngs: dict, grids: list, names) -> str:
+    m, d, cfg, run = summary["model"], summary["data"], summary["config"], summary["run"]
+    fr, lp = summary["fooling_rate"], summary["least_perturbation"]
+    esc = html.escape
+    model_name = esc(Path(m["path"]).name)
     bounds = cfg["bounds"]
-    run = summary["run"]
-    file_items = "".join(f"<li><code>{esc(n)}</code></li>" for n in sorted(files) + ["summary.json", "shards/"]
-                         if n != "report.html")
+    clipped = "" if bounds is None else f" (adversarial inputs clipped to [{bounds[0]:g}, {bounds[1]:g}])"
+    rate_rows = "".join(f"<tr><td>{e:g}</td><td>{_pct(o)}</td><td>{_pct(f)}</td></tr>"
+                        for e, o, f in zip(fr["epsilons"], fr["ossa"], fr["fgm"]))
+    fooling_fig = _figure(pngs, "fooling_rate.png", "Fooling rate against the l2 budget. The dashed line is the share "
+                                                    "of inputs whose OSSA least perturbation is at most &epsilon;.")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>fisher-ref audit: {esc(model_name)}</title><style>{_CSS}</style></head>
+<title>fisher-ref audit: {model_name}</title><style>{_CSS}</style></head>
 <body><main>
-<h1>Fisher information audit of <code>{esc(model_name)}</code></h1>
+<h1>Fisher information audit of <code>{model_name}</code></h1>
 <p class="lead">{summary['n_inputs']} inputs from {esc(str(d.get('source')))}; {m['n_classes']} classes;
 input {esc(str(tuple(m['input_shape'])))} ({esc(m['dtype'])}); ONNX Runtime {esc(', '.join(m['providers']))}.
 Generated by fisher-ref {esc(run['fisher_ref_version'])} on {esc(run['finished'])}.</p>
-<div class="cards">{card_html}</div>
+<div class="cards">{_cards(summary)}</div>
 
 <h2>Fooling rate</h2>
 <p>Share of the {fr['n']} {esc(fr['over'])} whose prediction changes under a one-step attack of l2 size
-&epsilon;{'' if bounds is None else f' (adversarial inputs clipped to [{bounds[0]:g}, {bounds[1]:g}])'}.
+&epsilon;{clipped}.
 OSSA moves along the top eigenvector of the input Fisher information (Algorithm 1 of Zhao et al., AAAI 2019);
 FGM along the loss gradient.</p>
-<div class="plots">{fig('fooling_rate.png', 'Fooling rate against the l2 budget. The dashed line is the share of inputs whose OSSA least perturbation is at most &epsilon;.')}
+<div class="plots">{fooling_fig}
 <table><thead><tr><th>&epsilon;</th><th>OSSA</th><th>FGM</th></tr></thead><tbody>{rate_rows}</tbody></table></div>
 
 <h2>Fisher spectrum and vulnerability</h2>
@@ -352,23 +380,14 @@ FGM along the loss gradient.</p>
 The least perturbation is the smallest OSSA budget in [0, {cfg['max_epsilon']:g}] that changes the prediction
 (binary search, tolerance {cfg['tol']:g}); {_pct(lp['fooled_within_max_epsilon'])} of the inputs are fooled within that range.
 The paper's Figure 3: inputs with a larger &lambda;<sub>1</sub> need a smaller perturbation (a negative correlation).</p>
-<div class="plots">{fig('eigenvalues.png', 'Histogram of the top two eigenvalues (log scale).')}
-{fig('scatter.png', 'Top eigenvalue against the OSSA least perturbation, one point per input.')}</div>
+<div class="plots">{_figure(pngs, 'eigenvalues.png', 'Histogram of the top two eigenvalues (log scale).')}
+{_figure(pngs, 'scatter.png', 'Top eigenvalue against the OSSA least perturbation, one point per input.')}</div>
 
 <h2>Most vulnerable inputs</h2>
-{''.join(vul)}
+{_vulnerable(summary, pngs, grids, names)}
 
 <h2>Configuration and files</h2>
-<dl>
-<dt>model</dt><dd><code>{esc(m['path'])}</code> (sha256 {esc(m['sha256'][:16])}&hellip;), input <code>{esc(m['input_name'])}</code>,
-output <code>{esc(m['output_name'])}</code> read as {esc(m['output_kind'])}</dd>
-<dt>data</dt><dd><code>{esc(str(d.get('path')))}</code> ({esc(str(d.get('format')))}, raw shape {esc(str(tuple(d['raw_shape'])))}
-{esc(d['raw_dtype'])}); {'; '.join(prep)}</dd>
-<dt>attacks</dt><dd>k = {cfg['k']} eigenvalues, &epsilon; &isin; {{{', '.join(f'{e:g}' for e in eps)}}},
-bounds {esc(str(bounds))}, {cfg['n_shards']} shards of {cfg['shard_size']}
-{'' if cfg['scheduler'] is None else f"on Dask ({esc(str(cfg['scheduler']))})"}; compute {run['compute_seconds']:.1f} s</dd>
-<dt>files in this folder</dt><dd><ul>{file_items}</ul></dd>
-</dl>
+{_configuration(summary, pngs)}
 <div id="image-check" data-total="" data-broken="">image check not run</div>
 </main>
 {_SCRIPT}
