@@ -158,8 +158,8 @@ def test_results_csv_columns_and_rows(bundled_run):
 def test_results_agree_with_the_library(bundled_run):
     x, y = load_bundled_mnist()
     b = OnnxBackend(bundled_path("mnist_lenet.onnx"))
-    w, _ = fr.fisher_spectrum(b, x[:5], k=3)
-    lp = fr.least_perturbation("ossa", x[:5], b, labels=y[:5])
+    w, _ = fr.fisher_spectrum(x=x[:5], backend=b, k=3)
+    lp = fr.least_perturbation(x=x[:5], backend=b, attack="ossa", labels=y[:5])
     r = fr.ossa(x[:5], b, epsilon=2.0, labels=y[:5])
     cols = bundled_run.columns
     np.testing.assert_array_equal(cols["eigenvalues"][:5], w)

@@ -15,10 +15,10 @@ from typing import Callable
 
 import numpy as np
 
-from ._errors import DependencyError, SchedulerError
+from ._errors import SchedulerError
 from ._text import one_line
 
-__all__ = ["run_dask", "ALLOWED_FAILURES"]
+__all__ = ["dask_results", "ALLOWED_FAILURES"]
 
 #: Deaths of workers running one shard after which its task is given up (Dask's allowed-failures).
 ALLOWED_FAILURES = 3
@@ -76,8 +76,8 @@ def _n_workers(client) -> int:
         return 0
 
 
-def _gather(client, futures: dict, slices, on_done: Callable, worker_timeout: float) -> None:
-    """Hand each finished shard to ``on_done`` as it completes; stop when workers keep dying or are gone."""
+def _finished(client, futures: dict, slices, worker_timeout: float):
+    """Yield ``(i, result)`` of each shard as it completes; stop when workers keep dying or are gone."""
     from distributed import KilledWorker, wait
 
     remaining = set(futures)
@@ -94,7 +94,7 @@ def _gather(client, futures: dict, slices, on_done: Callable, worker_timeout: fl
             except KilledWorker as exc:
                 raise SchedulerError(_lost(i, slices[i], f"the Dask workers running it died {ALLOWED_FAILURES + 1} "
                                                          f"times (allowed-failures = {ALLOWED_FAILURES})")) from exc
-            on_done(i, res)
+            yield i, res
         if not remaining:
             break
         if _n_workers(client):
@@ -110,13 +110,9 @@ def _lost(i: int, sl: slice, why: str) -> str:
             "rerun with --resume (resume=True) once the workers are healthy, or without --scheduler")
 
 
-def run_dask(scheduler: str, worker_timeout: float, compute: Callable, spec, x: np.ndarray, y: np.ndarray | None,
-             slices: list[slice], pending: list[int], on_done: Callable, tag: str, say) -> None:
-    """Run the pending shards as tasks ``compute(spec, x, y, index)``; write each as it completes."""
-    try:
-        import distributed  # noqa: F401
-    except ImportError as exc:
-        raise DependencyError("--scheduler needs dask.distributed: pip install 'fisher-ref[audit]'") from exc
+def dask_results(scheduler: str, worker_timeout: float, compute: Callable, spec, x: np.ndarray,
+                 y: np.ndarray | None, slices: list[slice], pending: list[int], tag: str, say):
+    """Run the pending shards as tasks ``compute(spec, x, y, index)``; yield ``(i, result)`` as each completes."""
     with _quiet_distributed(), _client(scheduler, say) as client:
         idx_all = np.arange(x.shape[0])
         futures = {}
@@ -126,6 +122,6 @@ def run_dask(scheduler: str, worker_timeout: float, compute: Callable, spec, x: 
                                 key=f"fisher-ref-shard-{tag}-{i:05d}", pure=False, retries=0)
             futures[fut] = i
         try:
-            _gather(client, futures, slices, on_done, worker_timeout)
+            yield from _finished(client, futures, slices, worker_timeout)
         finally:
             client.cancel(list(futures))

@@ -54,18 +54,15 @@ class Prepared:
 
 
 def check_dependencies(cfg) -> None:
-    """Refuse, before any work, options whose optional packages are missing."""
-    if cfg.report:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError as exc:
-            raise DependencyError("the report needs matplotlib: pip install 'fisher-ref[audit]' (or pass "
-                                  "--no-report)") from exc
-    if cfg.scheduler is not None:
-        try:
-            import distributed  # noqa: F401
-        except ImportError as exc:
-            raise DependencyError("--scheduler needs dask.distributed: pip install 'fisher-ref[audit]'") from exc
+    """Refuse, before any work, an install that lacks what the options need: one line naming every extra."""
+    from .._extras import require_extras
+
+    extras = ["onnx", *(["plot"] if cfg.report else []), *(["audit"] if cfg.scheduler is not None else [])]
+    what = "fisher-ref audit" + (" (pass --no-report to do without matplotlib)" if cfg.report else "")
+    try:
+        require_extras(*extras, what=what)
+    except ImportError as exc:
+        raise DependencyError(str(exc)) from exc
 
 
 def resolve_model_and_data(model: Any, data: Any) -> tuple[str, Any, bool]:

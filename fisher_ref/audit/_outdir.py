@@ -14,6 +14,7 @@ import os
 import secrets
 from pathlib import Path
 
+from .._text import count
 from ._errors import NotResumableError, OutputFolderError
 from ._files import TMP_MARK, atomic_write, sha256_bytes, write_error
 from ._lock import LOCK_NAME, FolderLock
@@ -220,7 +221,7 @@ class OutputFolder:
                 path.unlink()
                 removed += 1
         if removed:
-            self.log(f"force: removed {removed} files of the previous audit in {self.path}")
+            self.log(f"force: removed {count(removed, 'file')} of the previous audit in {self.path}")
 
     # ------------------------------------------------------------------ writing
     def write(self, name: str, data: bytes) -> None:

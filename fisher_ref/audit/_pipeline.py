@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .._text import count
 from ._config import AuditConfig
 from ._inputs import Prepared, check_dependencies, prepare_inputs
 from ._model import describe
@@ -217,8 +218,8 @@ def audit(model: str | os.PathLike | None = None, data: Any = None, *, labels: A
         if run.complete:
             _finish(prep, cfg, folder, run, result, t_start)
         else:
-            say(f"stopped after {len(run.computed)} new shards: {len(run.done)} of {len(run.slices)} done in "
-                f"{out / 'shards'}; continue with --resume")
+            say(f"stopped after {count(len(run.computed), 'new shard')}: {len(run.done)} of {len(run.slices)} done "
+                f"in {out / 'shards'}; continue with --resume")
     finally:
         folder.close()
     result.seconds = time.perf_counter() - t_start

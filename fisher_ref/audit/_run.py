@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from .._progress import progress
+from .._text import count
 from . import _shards
-from ._dask import run_dask
+from ._dask import dask_results
 from ._inputs import Prepared
 from ._outdir import OutputFolder
 from ._resume import verified_shards
@@ -31,25 +32,6 @@ class ShardRun:
         return len(self.done) == len(self.slices)
 
 
-class _NoBar:
-    def update(self, n):
-        pass
-
-    def close(self):
-        pass
-
-
-def _progress(enabled: bool, total: int, initial: int):
-    if not enabled:
-        return _NoBar()
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - tqdm is in the audit extra
-        return _NoBar()
-    return tqdm(total=total, initial=initial, unit="input", desc="fisher-ref audit", file=sys.stderr,
-                dynamic_ncols=True, leave=True)
-
-
 def plan_shards(prep: Prepared, folder: OutputFolder, cfg, continued: bool, say) -> ShardRun:
     """The shard slices and, when continuing, the shards the manifest proves done."""
     n, size = prep.n, cfg.shard_size
@@ -60,34 +42,32 @@ def plan_shards(prep: Prepared, folder: OutputFolder, cfg, continued: bool, say)
     return run
 
 
+def _local_results(prep: Prepared, run: ShardRun, pending: list[int]):
+    index = np.arange(prep.n)
+    for i in pending:
+        sl = run.slices[i]
+        yield i, _shards.compute_shard(prep.spec, prep.x[sl], None if prep.y is None else prep.y[sl], index[sl])
+
+
 def run_shards(prep: Prepared, folder: OutputFolder, cfg, run: ShardRun, say) -> None:
     """Compute the shards not done (at most ``cfg.max_shards``); each is written as soon as it is done."""
     pending = [i for i in range(len(run.slices)) if i not in run.done]
     if cfg.max_shards is not None:
         pending = pending[:cfg.max_shards]
     if run.skipped:
-        say(f"resuming: {len(run.skipped)} of {len(run.slices)} shards already done, {len(pending)} to compute")
-    bar = _progress(cfg.progress, prep.n, sum(run.slices[i].stop - run.slices[i].start for i in run.skipped))
-    fingerprint = prep.fingerprint_id
-    spec = prep.spec
-
-    def done(i: int, res: dict) -> None:
+        say(f"resuming: {len(run.skipped)} of {count(len(run.slices), 'shard')} already done, {len(pending)} to "
+            "compute")
+    if cfg.scheduler is None:
+        results = _local_results(prep, run, pending)
+    else:
+        results = dask_results(cfg.scheduler, cfg.worker_timeout, _shards.compute_shard, prep.spec, prep.x, prep.y,
+                               run.slices, pending, prep.fingerprint["data_sha256"][:10], say)
+    spec, fingerprint = prep.spec, prep.fingerprint_id
+    for i, res in progress(results, desc="fisher-ref audit: shards", total=len(run.slices), initial=len(run.skipped),
+                           enabled=cfg.progress):
         sl = run.slices[i]
         entry = {"rows": [sl.start, sl.stop], "fingerprint": fingerprint, "files": {}}
         folder.manifest["shards"][str(i)] = entry
         folder.write_group(dict(shard_files(i, res, spec.k, spec.epsilons)), entry["files"])
         run.done[i] = res
         run.computed.append(i)
-        bar.update(sl.stop - sl.start)
-
-    try:
-        if cfg.scheduler is None:
-            index = np.arange(prep.n)
-            for i in pending:
-                sl = run.slices[i]
-                done(i, _shards.compute_shard(spec, prep.x[sl], None if prep.y is None else prep.y[sl], index[sl]))
-        else:
-            run_dask(cfg.scheduler, cfg.worker_timeout, _shards.compute_shard, spec, prep.x, prep.y, run.slices,
-                     pending, done, prep.fingerprint["data_sha256"][:10], say)
-    finally:
-        bar.close()
