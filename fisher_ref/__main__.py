@@ -155,6 +155,8 @@ def _run_audit(args) -> int:
 
 
 def _print_result(res) -> int:
+    from ._text import count
+
     if not res.complete:
         return 0
     s = res.summary
@@ -165,7 +167,7 @@ def _print_result(res) -> int:
 
     acc = "" if s["accuracy"] is None else f", accuracy {100 * s['accuracy']:.1f}%"
     print(f"\naudited {s['n_inputs']} inputs in {res.seconds:.1f} s{acc} "
-          f"({res.shards_computed.__len__()} shards computed, {len(res.shards_skipped)} resumed)")
+          f"({count(len(res.shards_computed), 'shard')} computed, {len(res.shards_skipped)} resumed)")
     print(f"fooling rate over {fr['n']} {fr['over']}:")
     print("  epsilon " + "".join(f"{e:>8g}" for e in fr["epsilons"]))
     print("  OSSA    " + "".join(f"{pct(v):>8}" for v in fr["ossa"]))

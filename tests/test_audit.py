@@ -624,3 +624,88 @@ def test_api_raises_audit_error(tmp_path, lin):
         audit(lin, np.zeros((0, 4)), out=tmp_path / "o", **FAST)
     with pytest.raises(AuditError, match="resume and force"):
         audit(lin, np.zeros((2, 4)), out=tmp_path / "o", resume=True, force=True, **FAST)
+
+
+# ------------------------------------------------------------------------------ one spectrum per input
+def test_one_eigensolve_per_input(monkeypatch, tmp_path):
+    """The spectrum of each input is computed once per audit: its eigenvalues are the lambda columns,
+    its top pair the direction of OSSA at every epsilon, of the least-perturbation search and of the
+    examples in the report. Counted at the spectrum and at the backend (the gram path asks for the
+    gradients of all classes once per input; nothing else does)."""
+    from fisher_ref.attacks import _directions, _iterative
+    from fisher_ref.backends import NormalizedBackend
+
+    class Counting(NormalizedBackend):  # mean 0, std 1: the same numbers, counted
+        def _class_gradients(self, x, classes):
+            if classes is None:
+                all_class_rows.append(x.shape[0])
+            return super()._class_gradients(x, classes)
+
+        def _fisher_vector_product(self, x, v):
+            fvp_calls.append(x.shape[0])
+            return super()._fisher_vector_product(x, v)
+
+    all_class_rows, fvp_calls, spectra, elsewhere = [], [], [], []
+    real_backend, real_spectrum = _shards.backend_for, _shards.fisher_spectrum
+    monkeypatch.setattr(_shards, "backend_for", lambda spec: Counting(real_backend(spec), 0.0, 1.0))
+
+    def counted(*args, **kw):
+        spectra.append(np.asarray(kw["x"]).shape[0])
+        return real_spectrum(*args, **kw)
+
+    monkeypatch.setattr(_shards, "fisher_spectrum", counted)
+    for module in (_directions, _iterative):  # where the attacks would compute a direction themselves
+        monkeypatch.setattr(module, "fisher_spectrum", lambda *a, **kw: elsewhere.append(1) or real_spectrum(*a, **kw))
+    res = audit(out=tmp_path / "a", limit=12, shard_size=5, **{**FAST, "k": 3})
+    assert res.complete and res.n_shards == 3
+    assert spectra == [5, 5, 2] and elsewhere == []
+    assert sum(all_class_rows) == 12 and fvp_calls == []  # one eigensolve (a C x C Gram matrix) per input
+    x, y = load_bundled_mnist()
+    w, _ = fr.fisher_spectrum(x=x[:12], backend=OnnxBackend(bundled_path("mnist_lenet.onnx")), k=3)
+    np.testing.assert_array_equal(res.columns["eigenvalues"], w)
+
+
+# ------------------------------------------------------------------------------ the configuration
+def test_config_is_validated_once_and_frozen():
+    import dataclasses
+
+    from fisher_ref.audit import AuditConfig, ConfigError
+
+    cfg = AuditConfig(k=3, epsilons=[2, 0.5, 2], mean=[0.5], std=0.25, resize=(8, 8), out="a")
+    assert cfg.epsilons == (0.5, 2.0) and cfg.mean == (0.5,) and cfg.std == (0.25,) and cfg.out == Path("a")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.k = 4
+    for kw, option, message in [
+        ({"k": 0}, "k", "k must be a positive int, got 0"),
+        ({"k": 2.5}, "k", "k must be a positive int, got 2.5"),
+        ({"tol": -1}, "tol", "tol must be a positive number, got -1"),
+        ({"worker_timeout": 0}, "worker_timeout", "worker_timeout must be a positive number"),
+        ({"limit": 0}, "limit", "limit must be None or a positive int, got 0"),
+        ({"out": " "}, "out", "out must name a folder"),
+        ({"layout": "hwc"}, "layout", "layout must be one of"),
+        ({"scheduler": "local:0"}, "scheduler", "local:N with N >= 1"),
+        ({"bounds": (1, 0)}, "bounds", "bounds must satisfy lo < hi"),
+        ({"resize": (8,)}, "resize", "resize must be"),
+        ({"resume": True, "force": True, "out": "a"}, "resume", "resume and force exclude each other"),
+        ({"resume": True}, "out", "resume needs the output folder"),
+    ]:
+        with pytest.raises(ConfigError, match=message) as info:
+            AuditConfig(**kw)
+        assert info.value.option == option
+    with pytest.raises(TypeError, match="unexpected keyword argument 'kk'"):
+        audit(kk=3)
+
+
+def test_config_object_and_keywords(tmp_path, lin):
+    from fisher_ref.audit import AuditConfig
+
+    x = np.random.default_rng(0).random((4, 4))
+    cfg = AuditConfig(k=2, epsilons=(1.0,), progress=False, report=False)
+    a = audit(lin, x, config=cfg, out=tmp_path / "a")
+    b = audit(lin, x, out=tmp_path / "b", k=2, epsilons=(1.0,), progress=False, report=False)
+    assert_same_results(a, b)
+
+
+def test_cli_names_the_flag_of_a_bad_option(tmp_path, capsys):
+    code, _, err = run(["audit", "--out", tmp_path / "a", "--shard-size", "0", "--no-progress"], capsys)
+    assert code == 2 and err.strip() == "fisher-ref audit: error: --shard-size must be a positive int, got 0"
