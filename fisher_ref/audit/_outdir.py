@@ -8,6 +8,7 @@ nothing is followed out of the folder through a symbolic link.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -107,22 +108,26 @@ class OutputFolder:
         manifest of the same audit is continued (``resume``).
         """
         precheck(self.path, cfg)
+        created = not self.path.exists()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise write_error(exc, self.path, "creating") from exc
-        self._lock = FolderLock(self.path, break_stale=cfg.break_lock, log=self.log).acquire()
         try:
+            self._lock = FolderLock(self.path, break_stale=cfg.break_lock, log=self.log).acquire()
             precheck(self.path, cfg)  # again, now that no other audit can change it
             self._refuse_links()
-            self._probe()
             old = self._read_manifest(cfg)
             if cfg.force or cfg.force_any:
                 self._clean(old, cfg.force_any)
                 old = None
             continued = self._continue(old, header, cfg.resume)
+            self._probe()
         except BaseException:
             self.close()
+            if created:  # refused before anything was written: leave no empty folder behind
+                with contextlib.suppress(OSError):
+                    self.path.rmdir()
             raise
         return continued
 
@@ -197,8 +202,9 @@ class OutputFolder:
     def _check_same_audit(self, old: dict, new: dict) -> None:
         diff = sorted(key for key in set(old) | set(new) if old.get(key) != new.get(key))
         if diff:
-            raise NotResumableError(f"cannot resume the audit in {str(self.path)!r}: {', '.join(diff)} differ from the "
-                                    "interrupted run's; use the same model, data and options, or --force to start over")
+            raise NotResumableError(f"cannot resume the audit in {str(self.path)!r}: {', '.join(diff)} "
+                                    f"differ{'s' if len(diff) == 1 else ''} from the interrupted run's; use the same "
+                                    "model, data and options, or --force to start over")
 
     # ------------------------------------------------------------------ cleaning (force)
     def _clean(self, old: dict | None, force_any: bool) -> None:

@@ -1,0 +1,260 @@
+"""Faults of ``fisher-ref audit`` found by the red-team runs (issues 16 and 17), one test per case.
+
+Each test reproduces its case through the command line (or the API where the case is an API
+call) and asserts the fixed behaviour: the audit never touches what it did not write, never uses
+a shard it cannot prove, and fails with exit status 2 and one line. Cases that need a real full
+disk mount a small tmpfs (root only; skipped otherwise); the Dask crash loops are slow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx_ad")
+onnx = pytest.importorskip("onnx")
+
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from fisher_ref.__main__ import main  # noqa: E402
+from fisher_ref.audit import DataError, audit  # noqa: E402
+
+from _onnx_models import linear_model, linear_weights, two_output_model  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+N = 12  # inputs of the small case: 4 shards of 3
+
+
+def cli(argv) -> int:
+    """``fisher-ref audit ARGV`` in this process; the exit status."""
+    argv = [str(a) for a in argv]
+    return main(argv if argv[:1] == ["audit"] else ["audit", *argv])
+
+
+def run(argv, capsys):
+    code = cli(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_error(code: int, err: str) -> str:
+    """The single error line of a refused run (exit 2, no traceback)."""
+    assert code == 2, err
+    assert err.startswith("fisher-ref audit: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def tree_digest(folder: Path) -> dict:
+    """Every entry below ``folder`` (links not followed) with the SHA-256 of each regular file."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        rel = str(p.relative_to(folder))
+        if p.is_symlink():
+            out[rel] = "link:" + os.readlink(p)
+        elif p.is_file():
+            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+        else:
+            out[rel] = "dir"
+    return out
+
+
+def save(model, path: Path) -> Path:
+    onnx.save(model, str(path))
+    return path
+
+
+# ================ the output folder: only ours touched, only proven shards used, one audit at a time
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    """A 4-feature, 3-class linear ONNX model, 12 inputs with labels, and the reference results.csv."""
+    root = tmp_path_factory.mktemp("case")
+    W, b = linear_weights(d=4, n_classes=3)
+    model = save(linear_model(W * 0.5, b), root / "lin.onnx")
+    rng = np.random.default_rng(0)
+    np.savez(root / "data.npz", x=rng.random((N, 4)), y=rng.integers(0, 3, N))
+    args = [model, "--data", root / "data.npz", "--k", "2", "--shard-size", "3", "--epsilons", "0.5", "1",
+            "--no-report", "--no-progress"]
+    ref = root / "ref"
+    assert cli([*args, "--out", ref]) == 0
+    return {"root": root, "model": model, "args": args, "ref": (ref / "results.csv").read_bytes()}
+
+
+def _partial(case, out: Path, n_shards: int = 2) -> None:
+    """An audit interrupted after ``n_shards`` shards (as by --max-shards)."""
+    assert cli([*case["args"], "--out", out, "--max-shards", n_shards]) == 0
+
+
+def test_16_1_force_never_follows_a_symlink_out_of_the_folder(case, tmp_path, capsys):
+    out, outside = tmp_path / "out", tmp_path / "elsewhere"
+    _partial(case, out)
+    shutil.copytree(out / "shards", outside)
+    (outside / "shard-keep.txt").write_text("not the audit's")
+    shutil.rmtree(out / "shards")
+    (out / "shards").symlink_to(outside)
+    before = tree_digest(outside)
+    err = one_line_error(*run([*case["args"], "--out", out, "--force"], capsys)[::2])
+    assert "shards is a symbolic link" in err and "only inside its folder" in err
+    assert tree_digest(outside) == before
+
+
+def test_16_1_a_linked_report_file_is_not_replaced(case, tmp_path, capsys):
+    out, target = tmp_path / "out", tmp_path / "mine.csv"
+    target.write_text("the user's own table\n")
+    out.mkdir()
+    (out / "results.csv").symlink_to(target)
+    err = one_line_error(*run([*case["args"], "--out", out, "--force-any"], capsys)[::2])
+    assert "results.csv is a symbolic link" in err
+    assert target.read_text() == "the user's own table\n" and (out / "results.csv").is_symlink()
+
+
+def test_16_2_force_refuses_a_folder_that_never_held_an_audit(case, tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    for name in ("results.csv", "report.html", "summary.json", "scatter.png", "notes.txt"):
+        (out / name).write_text(f"the user's {name}")
+    before = tree_digest(out)
+    err = one_line_error(*run([*case["args"], "--out", out, "--force"], capsys)[::2])
+    assert "holds no audit manifest" in err and "--force-any" in err
+    assert tree_digest(out) == before
+    code, _, err = run([*case["args"], "--out", out, "--force-any"], capsys)  # the user says so: overwrite
+    assert code == 0, err
+    assert (out / "results.csv").read_bytes() == case["ref"]
+    assert (out / "notes.txt").read_text() == "the user's notes.txt"  # not an audit's name: kept
+
+
+def test_16_2_force_removes_only_what_the_manifest_lists(case, tmp_path, capsys):
+    out = tmp_path / "out"
+    _partial(case, out, n_shards=4)
+    (out / "shards" / "shard-09999.csv").write_text("not written by the audit")
+    (out / "results.csv.bak").write_text("a user's backup")
+    code, _, err = run([*case["args"], "--out", out, "--force", "--max-shards", "1"], capsys)
+    assert code == 0, err
+    assert (out / "shards" / "shard-09999.csv").read_text() == "not written by the audit"
+    assert (out / "results.csv.bak").read_text() == "a user's backup"
+    assert not (out / "results.csv").exists()  # the previous audit's, listed: removed
+    assert sorted(p.name for p in (out / "shards").glob("shard-0000*")) == ["shard-00000.csv", "shard-00000.npz"]
+
+
+@pytest.mark.parametrize("value", ["", "   "])
+def test_16_3_empty_out_is_refused(case, tmp_path, capsys, monkeypatch, value):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "results.csv").write_text("the user's results\n")
+    before = tree_digest(tmp_path)
+    err = one_line_error(*run([*case["args"], "--out", value, "--force"], capsys)[::2])
+    assert "--out must name a folder" in err
+    assert tree_digest(tmp_path) == before
+
+
+def _rewrite_npz(path: Path, **changes) -> None:
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files}
+    arrays.update({k: fn(arrays[k]) for k, fn in changes.items()})
+    np.savez(path, **arrays)
+
+
+def test_16_4_resume_recomputes_rewritten_and_swapped_shards(case, tmp_path, capsys):
+    out = tmp_path / "out"
+    _partial(case, out, n_shards=3)
+    s = out / "shards"
+    _rewrite_npz(s / "shard-00000.npz", eigenvalues=lambda w: w * 1000)  # valid, but not what was computed
+    for ext in (".csv", ".npz"):  # two shards swapped
+        (s / f"shard-00001{ext}").rename(s / "tmp")
+        (s / f"shard-00002{ext}").rename(s / f"shard-00001{ext}")
+        (s / "tmp").rename(s / f"shard-00002{ext}")
+    code, stdout, err = run([*case["args"], "--out", out, "--resume"], capsys)
+    assert code == 0, err
+    for i in (0, 1, 2):
+        assert f"shard {i} (inputs {3 * i}-{3 * i + 2}) cannot be used" in stdout
+    assert "shard-00000.npz does not match its SHA-256 in the manifest; recomputing it" in stdout
+    assert (out / "results.csv").read_bytes() == case["ref"]
+
+
+def test_16_5_missing_manifest_with_shards_is_not_resumable(case, tmp_path, capsys):
+    out = tmp_path / "out"
+    _partial(case, out, n_shards=1)
+    for manifest in out.rglob("manifest.json"):
+        manifest.unlink()
+    before = tree_digest(out)
+    argv = [a if a != "2" else "1" for a in case["args"]]  # other options (k = 1)
+    err = one_line_error(*run([*argv, "--out", out, "--resume"], capsys)[::2])
+    assert "no manifest.json" in err and "not resumable" in err and "--force-any" in err
+    assert tree_digest(out) == before
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def _lock(out: Path, pid: int) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / ".fisher-ref-audit.lock").write_text(json.dumps({"pid": pid, "host": os.uname().nodename,
+                                                            "since": "2026-12-01T00:00:00"}))
+
+
+def test_17_2_a_folder_in_use_by_another_audit_is_refused(case, tmp_path, capsys):
+    out = tmp_path / "out"
+    _lock(out, os.getpid())  # a live process holds it
+    err = one_line_error(*run([*case["args"], "--out", out], capsys)[::2])
+    assert f"is in use by another audit (process {os.getpid()}" in err
+    assert sorted(p.name for p in out.iterdir()) == [".fisher-ref-audit.lock"]
+
+
+def test_17_2_a_stale_lock_is_reported_and_broken_on_request(case, tmp_path, capsys):
+    out = tmp_path / "out"
+    _partial(case, out, n_shards=1)
+    pid = _dead_pid()
+    _lock(out, pid)
+    err = one_line_error(*run([*case["args"], "--out", out, "--resume"], capsys)[::2])
+    assert f"stale lock of process {pid}, which is no longer running" in err and "--break-lock" in err
+    code, stdout, err = run([*case["args"], "--out", out, "--resume", "--break-lock"], capsys)
+    assert code == 0, err
+    assert f"removed the stale lock of process {pid}" in stdout
+    assert (out / "results.csv").read_bytes() == case["ref"]
+    assert not (out / ".fisher-ref-audit.lock").exists()
+
+
+def test_17_2_another_process_probe_file_is_harmless(case, tmp_path, capsys):
+    out = tmp_path / "out"
+    _partial(case, out, n_shards=1)
+    (out / "shards" / ".fisher-ref-write-test").mkdir()  # what another audit's probe could leave
+    code, _, err = run([*case["args"], "--out", out, "--resume"], capsys)
+    assert code == 0, err
+    assert (out / "results.csv").read_bytes() == case["ref"]
+
+
+@pytest.mark.slow
+def test_17_2_two_audits_started_at_once_into_one_folder(case, tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "fisher_ref", "audit", *map(str, case["args"]), "--out", str(out)]
+    procs = [subprocess.Popen([a if a != "2" or k == 0 else "1" for a in cmd], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, cwd=tmp_path) for k in (0, 1)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    codes = sorted(c for c, _ in results)
+    assert codes == [0, 2], results
+    loser = next(e for c, e in results if c == 2)
+    assert "in use by another audit" in loser or "already exists" in loser, loser
+    winner = results.index(next(r for r in results if r[0] == 0))
+    k = 2 if winner == 0 else 1
+    header = (out / "results.csv").read_text().splitlines()[0]
+    assert header.count("lambda_") == k
+    code = subprocess.run([*([a if a != "2" or winner == 0 else "1" for a in cmd]), "--resume"], cwd=tmp_path,
+                          capture_output=True, text=True).returncode
+    assert code == 0
+    if winner == 0:
+        assert (out / "results.csv").read_bytes() == case["ref"]
