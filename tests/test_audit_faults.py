@@ -258,3 +258,113 @@ def test_17_2_two_audits_started_at_once_into_one_folder(case, tmp_path):
     assert code == 0
     if winner == 0:
         assert (out / "results.csv").read_bytes() == case["ref"]
+
+
+# ================ data and model: exit 2 and one line, or the fix
+
+
+@pytest.mark.parametrize("make, hint", [
+    (lambda x: np.round(x * 255).astype(np.int64), "pass --scale 255"),
+    (lambda x: x * 10 - 5, "--bounds LO HI"),
+])
+def test_16_6_data_outside_the_unit_range_is_refused(case, tmp_path, capsys, make, hint):
+    rng = np.random.default_rng(1)
+    np.save(tmp_path / "x.npy", make(rng.random((6, 4))))
+    err = one_line_error(*run([case["model"], "--data", tmp_path / "x.npy", "--out", tmp_path / "o", "--no-report",
+                              "--no-progress"], capsys)[::2])
+    assert "outside [0, 1]" in err and "--scale" in err and "--bounds" in err and hint in err
+    assert not (tmp_path / "o").exists()
+    code, _, err = run([case["model"], "--data", tmp_path / "x.npy", "--out", tmp_path / "o", "--no-report",
+                        "--no-progress", "--no-clip", "--k", "2"], capsys)  # declared: audited unclipped
+    assert code == 0, err
+
+
+def test_16_7_k_is_clamped_to_the_dimension_and_the_rank_bound(case, tmp_path, capsys):
+    import fisher_ref as fr
+    from fisher_ref.backends import OnnxBackend
+
+    argv = [case["model"], "--data", case["root"] / "data.npz", "--no-report", "--no-progress", "--shard-size", "6"]
+    for k in ([], ["--k", "785"]):  # the default k = 10 and a k far above d = 4 on a 3-class model
+        out = tmp_path / f"out{len(k)}"
+        code, stdout, err = run([*argv, *k, "--out", out], capsys)
+        assert code == 0, err
+        assert "a 3-class model's Fisher matrix has rank <= 2" in stdout and "using k = 2" in stdout
+        header = (out / "results.csv").read_text().splitlines()[0].split(",")
+        assert [c for c in header if c.startswith("lambda_")] == ["lambda_1", "lambda_2"]
+        assert json.loads((out / "summary.json").read_text())["config"]["k"] == 2
+    with np.load(case["root"] / "data.npz") as f:
+        x = f["x"]
+    w, _ = fr.fisher_spectrum(x=x, backend=OnnxBackend(case["model"]), k=2)
+    res = audit(case["model"], case["root"] / "data.npz", out=tmp_path / "api", report=False, progress=False)
+    np.testing.assert_array_equal(res.columns["eigenvalues"], w)
+
+
+def test_16_7_k_is_clamped_to_the_input_dimension(tmp_path, capsys):
+    W, b = linear_weights(d=2, n_classes=5)
+    model = save(linear_model(W, b), tmp_path / "d2.onnx")
+    np.save(tmp_path / "x.npy", np.random.default_rng(2).random((4, 2)))
+    code, stdout, err = run([model, "--data", tmp_path / "x.npy", "--out", tmp_path / "o", "--no-report",
+                             "--no-progress"], capsys)
+    assert code == 0, err
+    assert "the input dimension is 2" in stdout and "using k = 2" in stdout
+
+
+def test_16_8_truncated_npz(case, tmp_path, capsys):
+    raw = (case["root"] / "data.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(raw[: len(raw) // 2])
+    err = one_line_error(*run([case["model"], "--data", tmp_path / "cut.npz", "--out", tmp_path / "o"], capsys)[::2])
+    assert f"data: cannot read {str(tmp_path / 'cut.npz')!r} as npz (BadZipFile" in err
+
+
+def _reciprocal_model(W, b) -> onnx.ModelProto:
+    """``Gemm(1 / x)``: finite wherever x is nonzero, Inf (and then NaN probabilities) at x = 0."""
+    nodes = [helper.make_node("Reciprocal", ["x"], ["r"]), helper.make_node("Gemm", ["r", "W", "b"], ["y"], transB=1)]
+    graph = helper.make_graph(nodes, "reciprocal", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+                              [numpy_helper.from_array(W.astype(np.float32), "W"),
+                               numpy_helper.from_array(b.astype(np.float32), "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = min(model.ir_version, 8)
+    return model
+
+
+def test_17_4_nan_produced_inside_the_model_names_the_input(tmp_path, capsys):
+    W, b = linear_weights(d=4, n_classes=3)
+    model = save(_reciprocal_model(W * 0.05, b), tmp_path / "recip.onnx")
+    x = 0.5 + 0.5 * np.random.default_rng(3).random((6, 4))
+    x[4, 2] = 0.0  # finite data, on which the model divides by zero
+    np.save(tmp_path / "x.npy", x)
+    err = one_line_error(*run([model, "--data", tmp_path / "x.npy", "--out", tmp_path / "o", "--no-report",
+                              "--no-progress", "--k", "2", "--no-clip"], capsys)[::2])
+    assert f"model {model}: it produced values the library refuses at input 4, whose data is finite" in err
+    assert "(so the model, not the data, made them)" in err and "NaN" in err
+
+
+def test_17_4_npy_header_claiming_an_impossible_shape(case, tmp_path, capsys):
+    path = tmp_path / "huge.npy"
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f8", "fortran_order": False,
+                                                 "shape": (10**8, 3, 1024, 1024)})
+        f.write(b"\0" * 64)
+    err = one_line_error(*run([case["model"], "--data", path, "--out", tmp_path / "o"], capsys)[::2])
+    assert "its header claims shape (100000000, 3, 1024, 1024) of float64 (2.24 PiB), but the file holds 64 B" in err
+
+
+def test_17_4_ragged_data_is_refused(case, tmp_path):
+    with pytest.raises(DataError, match="data must be an array of shape .* got a ragged sequence"):
+        audit(case["model"], [[0.1, 0.2, 0.3, 0.4], [0.5, 0.6]], out=tmp_path / "o", report=False, progress=False)
+    assert not (tmp_path / "o").exists()
+
+
+def test_17_5_output_name_chooses_among_several_outputs(tmp_path, capsys):
+    model = save(two_output_model(), tmp_path / "two.onnx")
+    np.save(tmp_path / "x.npy", np.random.default_rng(4).random((5, 4)))
+    base = [model, "--data", tmp_path / "x.npy", "--no-report", "--no-progress"]
+    err = one_line_error(*run([*base, "--out", tmp_path / "a"], capsys)[::2])
+    assert "has 2 graph outputs ['logits', 'probs']; pass --output-name (output_name=)" in err
+    code, _, err = run([*base, "--out", tmp_path / "b", "--output-name", "probs"], capsys)
+    assert code == 0, err
+    s = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert s["model"]["output_name"] == "probs" and s["model"]["output_kind"] == "probabilities"
+    err = one_line_error(*run([*base, "--out", tmp_path / "c", "--output-name", "nope"], capsys)[::2])
+    assert "output_name 'nope' is not a graph output of the model" in err

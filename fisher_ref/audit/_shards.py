@@ -76,7 +76,9 @@ def _audit_inputs(b, spec: ShardSpec, x: np.ndarray, labels: np.ndarray | None) 
     """
     eps = list(spec.epsilons)
     bounds = None if spec.bounds is None else tuple(spec.bounds)
-    with warnings.catch_warnings():
+    # NaN or Inf a model produces is refused by the backend's checks (and blamed on an input by
+    # compute_shard), so NumPy's floating-point warnings on the way there would only be noise
+    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         warnings.simplefilter("ignore", DegenerateSpectrumWarning)
         p = b.probabilities(x)
         y = p.argmax(axis=1) if labels is None else np.asarray(labels, dtype=np.int64)
@@ -111,8 +113,8 @@ def _blame_input(b, spec: ShardSpec, x, labels, index, exc: ValueError) -> Model
         except AuditError:
             raise
         except ValueError as err:
-            return ModelError(f"model {spec.model}: it failed on input {int(index[j])}, whose values are finite, so "
-                              f"the model computed what was refused: {one_line(err)}")
+            return ModelError(f"model {spec.model}: it produced values the library refuses at input {int(index[j])}, "
+                              f"whose data is finite (so the model, not the data, made them): {one_line(err)}")
     return None
 
 
