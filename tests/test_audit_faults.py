@@ -368,3 +368,87 @@ def test_17_5_output_name_chooses_among_several_outputs(tmp_path, capsys):
     assert s["model"]["output_name"] == "probs" and s["model"]["output_kind"] == "probabilities"
     err = one_line_error(*run([*base, "--out", tmp_path / "c", "--output-name", "nope"], capsys)[::2])
     assert "output_name 'nope' is not a graph output of the model" in err
+
+
+# ================ a full disk, kill -9: whole files or none, and --resume finishes
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A tmpfs of 8 MiB mounted in tmp_path: a disk that really fills up (needs root)."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small tmpfs needs root")
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def _fill(disk: Path, leave: int) -> Path:
+    """Leave about ``leave`` bytes free on ``disk``; returns the filler file."""
+    st = os.statvfs(disk)
+    filler = disk / "filler"
+    filler.write_bytes(b"\0" * max(0, st.f_bavail * st.f_frsize - leave))
+    return filler
+
+
+def _no_temporaries(out: Path) -> bool:
+    return not [p for p in out.rglob("*") if ".fisher-ref-tmp-" in p.name]
+
+
+def test_16_8_full_disk_while_writing_shards(case, small_disk, capsys):
+    out = small_disk / "out"
+    _partial(case, out, n_shards=1)
+    filler = _fill(small_disk, 4096)
+    err = one_line_error(*run([*case["args"], "--out", out, "--resume"], capsys)[::2])
+    assert "no space left on device writing" in err and "free space and rerun with --resume" in err
+    assert _no_temporaries(out)
+    filler.unlink()
+    code, _, err = run([*case["args"], "--out", out, "--resume"], capsys)
+    assert code == 0, err
+    assert (out / "results.csv").read_bytes() == case["ref"]
+
+
+@pytest.fixture(scope="module")
+def bundled(tmp_path_factory):
+    """The bundled LeNet on 8 inputs with its report: the sizes of what it writes."""
+    out = tmp_path_factory.mktemp("bundled") / "a"
+    argv = ["audit", "--limit", "8", "--k", "2", "--shard-size", "4", "--epsilons", "1", "--no-progress"]
+    assert cli([*argv, "--out", out]) == 0
+    return {"argv": argv, "out": out}
+
+
+def test_17_3_full_disk_while_writing_the_report_leaves_no_half_file(bundled, small_disk, capsys):
+    ref = bundled["out"]
+    out = small_disk / "out"
+    assert cli([*bundled["argv"], "--out", out, "--no-report"]) == 0  # every shard; the report comes next
+    pngs = sum(p.stat().st_size for p in ref.glob("*.png"))
+    html_size = (ref / "report.html").stat().st_size
+    filler = _fill(small_disk, pngs + 96 * 1024)  # room for the plots, not for report.html
+    assert html_size > 2 * 96 * 1024
+    err = one_line_error(*run([*bundled["argv"], "--out", out, "--resume"], capsys)[::2])
+    assert "no space left on device writing" in err and "report.html" in err
+    assert not (out / "report.html").exists() and _no_temporaries(out)
+    filler.unlink()
+    code, _, err = run([*bundled["argv"], "--out", out, "--resume"], capsys)
+    assert code == 0, err
+    page = (out / "report.html").read_text()
+    assert page.endswith("</html>\n") and abs(len(page) - html_size) < 2000
+    assert (out / "results.csv").read_bytes() == (ref / "results.csv").read_bytes()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("delay", [0.3, 1.5, 3.0, 4.5, 6.0])
+def test_kill_9_then_resume_gives_the_same_results(bundled, tmp_path, delay):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "fisher_ref", *bundled["argv"], "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = subprocess.run([*cmd, "--resume", "--break-lock"], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (out / "results.csv").read_bytes() == (bundled["out"] / "results.csv").read_bytes()
+    assert (out / "report.html").read_text().endswith("</html>\n")
