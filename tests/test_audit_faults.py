@@ -452,3 +452,105 @@ def test_kill_9_then_resume_gives_the_same_results(bundled, tmp_path, delay):
     assert done.returncode == 0, done.stderr
     assert (out / "results.csv").read_bytes() == (bundled["out"] / "results.csv").read_bytes()
     assert (out / "report.html").read_text().endswith("</html>\n")
+
+
+# ================ Dask: crash loops and a cluster with no live worker
+
+
+def _worker_processes(parent: int) -> list:
+    import psutil
+
+    try:
+        kids = psutil.Process(parent).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    out = []
+    for p in kids:
+        try:
+            if "spawn_main" in " ".join(p.cmdline()):
+                out.append(p)
+        except psutil.Error:
+            pass
+    return out
+
+
+def _killer(parent: int, stop: threading.Event, armed: threading.Event, after: float, kills: list) -> None:
+    """Once ``armed``, kill each Dask worker process of ``parent`` when it has lived ``after`` seconds."""
+    import psutil
+
+    armed.wait()
+    while not stop.is_set():
+        for p in _worker_processes(parent):
+            try:
+                if time.time() - p.create_time() >= after:
+                    p.kill()
+                    kills.append(p.pid)
+            except psutil.Error:
+                pass
+        stop.wait(0.05)
+
+
+#: Two shards of 20 bundled inputs: a few seconds of work each, longer than a worker lives under fire.
+DASK_ARGV = ["audit", "--limit", "40", "--k", "2", "--shard-size", "20", "--epsilons", "1", "--no-progress",
+             "--no-report"]
+
+
+def _dask_audit_under_fire(tmp_path, after: float, extra: list, timeout: float):
+    """Run a ``local:2`` Dask audit; from the moment its cluster is up, kill every worker that lived ``after`` s."""
+    pytest.importorskip("distributed")
+    pytest.importorskip("psutil")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "fisher_ref", *DASK_ARGV, "--out", str(out), "--scheduler", "local:2", *extra]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    stop, armed, kills, lines, errors = threading.Event(), threading.Event(), [], [], []
+
+    def read_stdout():
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("dask: LocalCluster of 2 worker processes"):
+                armed.set()
+        armed.set()
+
+    readers = [threading.Thread(target=read_stdout, daemon=True),
+               threading.Thread(target=lambda: errors.extend(proc.stderr), daemon=True)]
+    for t in readers:
+        t.start()
+    threading.Thread(target=_killer, args=(proc.pid, stop, armed, after, kills), daemon=True).start()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"the audit hung for {timeout} s (workers killed {len(kills)} times)")
+    finally:
+        stop.set()
+    for t in readers:
+        t.join(timeout=10)
+    stderr = "".join(errors)
+    return proc.returncode, "".join(lines), stderr, kills, out
+
+
+@pytest.mark.slow
+def test_16_9_dask_worker_crash_loop_stops_with_one_line(tmp_path):
+    """Every worker is killed after 2.5 s, before it can finish a shard: bounded retries, then one line."""
+    code, stdout, stderr, kills, out = _dask_audit_under_fire(tmp_path, 2.5, [], timeout=300)
+    assert code == 2, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fisher-ref audit: error: dask: stopped at shard "), stderr
+    assert "died 4 times (allowed-failures = 3)" in lines[0] or "no Dask worker has been alive" in lines[0]
+    assert "Traceback" not in stderr and "KeyError" not in stderr and "resource_tracker" not in stderr
+    assert "Couldn't gather keys" not in stderr + stdout
+    assert json.loads((out / "manifest.json").read_text())["shards"] == {}  # nothing half done is recorded
+
+
+@pytest.mark.slow
+def test_17_1_no_live_worker_stops_after_the_watchdog_timeout(tmp_path):
+    """Workers die as soon as they start (none ever registers): the watchdog stops within its timeout."""
+    t0 = time.monotonic()
+    code, stdout, stderr, kills, out = _dask_audit_under_fire(tmp_path, 0.0, ["--worker-timeout", "8"], timeout=180)
+    assert code == 2, stderr
+    assert stderr.count("\n") == 1 and "no Dask worker has been alive for 8 s (--worker-timeout)" in stderr, stderr
+    assert "stopped at shard 0 (inputs 0-19)" in stderr and "--resume" in stderr
+    assert time.monotonic() - t0 < 150
+    assert cli([*DASK_ARGV, "--out", out, "--resume"]) == 0  # without Dask: the results of a plain run
+    assert cli([*DASK_ARGV, "--out", tmp_path / "ref"]) == 0
+    assert (out / "results.csv").read_bytes() == (tmp_path / "ref" / "results.csv").read_bytes()

@@ -15,6 +15,7 @@ from typing import Callable
 
 import numpy as np
 
+from .._text import count
 from ._errors import SchedulerError
 from ._text import one_line
 
@@ -48,8 +49,12 @@ def _client(scheduler: str, say):
     with dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES}):
         if scheduler.startswith("local:"):
             n_workers = int(scheduler.split(":", 1)[1])
-            cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                   dashboard_address=None, silence_logs=logging.CRITICAL)
+            try:
+                cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                       dashboard_address=None, silence_logs=logging.CRITICAL)
+            except Exception as exc:  # the workers died while starting, no free port, ...
+                raise SchedulerError(f"dask: cannot start a LocalCluster of {count(n_workers, 'worker')}: "
+                                     f"{one_line(exc)}") from exc
             say(f"dask: LocalCluster of {n_workers} worker processes at {cluster.scheduler_address}")
         try:
             client = Client(cluster if cluster is not None else scheduler, timeout="20s")
