@@ -229,6 +229,18 @@ def test_17_2_a_stale_lock_is_reported_and_broken_on_request(case, tmp_path, cap
     assert not (out / ".fisher-ref-audit.lock").exists()
 
 
+def test_17_2_a_lock_its_owner_never_filled_in(case, tmp_path, capsys):
+    """Killed between creating the lock and writing its PID: reported, removed on request."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".fisher-ref-audit.lock").write_text("")
+    err = one_line_error(*run([*case["args"], "--out", out], capsys)[::2])
+    assert "holds an unreadable lock file .fisher-ref-audit.lock" in err and "--break-lock" in err
+    code, stdout, err = run([*case["args"], "--out", out, "--break-lock"], capsys)
+    assert code == 0, err
+    assert "removed an unreadable lock file" in stdout and (out / "results.csv").read_bytes() == case["ref"]
+
+
 def test_17_2_another_process_probe_file_is_harmless(case, tmp_path, capsys):
     out = tmp_path / "out"
     _partial(case, out, n_shards=1)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -204,8 +204,3 @@ class AuditConfig:
             **{key: bool(getattr(self, key)) for key in ("resume", "force", "force_any", "break_lock", "progress",
                                                         "report")},
         }
-
-    @classmethod
-    def option_names(cls) -> tuple[str, ...]:
-        """The keyword arguments :func:`~fisher_ref.audit.audit` passes on to the config."""
-        return tuple(f.name for f in fields(cls))

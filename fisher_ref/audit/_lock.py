@@ -31,6 +31,8 @@ def _proc_start(pid: int) -> str | None:
 
 
 def _alive(pid: int, start: str | None) -> bool:
+    if os.name == "nt":  # os.kill would terminate it there: a lock on Windows is taken as held
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -76,6 +78,10 @@ class FolderLock:
 
     def _refuse(self, owner: dict) -> None:
         folder, pid = str(self.path.parent), owner.get("pid")
+        if not owner and self.break_stale:  # a lock file its owner had no time to fill in
+            self.log(f"removed an unreadable lock file on {folder}")
+            self.path.unlink(missing_ok=True)
+            return
         if not owner:
             raise FolderLockedError(f"output folder {folder!r} holds an unreadable lock file {LOCK_NAME}: if no other "
                                     "audit writes there, pass --break-lock (break_lock=True) to remove it")
@@ -88,9 +94,10 @@ class FolderLock:
             raise FolderLockedError(f"output folder {folder!r} holds a stale lock of process {pid}, which is no longer "
                                     "running (killed?): pass --break-lock (break_lock=True) to remove it, then "
                                     "--resume continues its audit")
-        where = "" if here else f" on host {owner.get('host')}"
+        where = "" if here else f" on host {owner.get('host')}, which cannot be checked from here"
         raise FolderLockedError(f"output folder {folder!r} is in use by another audit (process {pid}{where}, since "
-                                f"{owner.get('since')}); wait for it to finish or choose another --out")
+                                f"{owner.get('since')}); wait for it to finish or choose another --out (if no audit "
+                                f"runs there any more, delete {LOCK_NAME} in it)")
 
     def acquire(self) -> "FolderLock":
         for _ in range(2):  # a second try after a stale lock was broken
