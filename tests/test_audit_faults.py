@@ -121,6 +121,19 @@ def test_16_1_a_linked_report_file_is_not_replaced(case, tmp_path, capsys):
     assert target.read_text() == "the user's own table\n" and (out / "results.csv").is_symlink()
 
 
+def test_16_1_force_never_removes_a_listed_name_outside_the_folder(case, tmp_path, capsys):
+    """A manifest edited to list paths out of the folder: --force leaves them alone."""
+    out, victim = tmp_path / "out", tmp_path / "victim.txt"
+    _partial(case, out, n_shards=1)
+    victim.write_text("the user's")
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["files"].update({"../victim.txt": "0" * 64, str(victim): None})
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    code, _, err = run([*case["args"], "--out", out, "--force"], capsys)
+    assert code == 0, err
+    assert victim.read_text() == "the user's"
+
+
 def test_16_2_force_refuses_a_folder_that_never_held_an_audit(case, tmp_path, capsys):
     out = tmp_path / "mine"
     out.mkdir()

@@ -75,7 +75,10 @@ def precheck(out: Path, cfg) -> None:
 
 
 def _regular_inside(out: Path, rel: str) -> Path | None:
-    """``out / rel`` when it is a regular file reached without a symbolic link, else None."""
+    """``out / rel`` when it is a regular file inside ``out`` reached without a symbolic link, else None
+    (a name from a manifest someone edited could point anywhere: ``..`` and absolute paths are refused)."""
+    if not isinstance(rel, str) or Path(rel).is_absolute() or ".." in Path(rel).parts:
+        return None
     path = out
     for part in Path(rel).parts:
         path = path / part
@@ -164,8 +167,8 @@ class OutputFolder:
             return {"legacy": True} if legacy is not None else None
         try:
             old = json.loads(path.read_bytes())
-            if not isinstance(old.get("files"), dict) or not isinstance(old.get("shards"), dict):
-                raise ValueError("it lists no files")
+            if not all(isinstance(old.get(key), dict) for key in ("fingerprint", "files", "shards")):
+                raise ValueError("it has no fingerprint, files or shards")
             return old
         except (OSError, ValueError, AttributeError) as exc:
             if cfg.force_any:
@@ -209,7 +212,8 @@ class OutputFolder:
     # ------------------------------------------------------------------ cleaning (force)
     def _clean(self, old: dict | None, force_any: bool) -> None:
         if old is not None and not old.get("legacy"):
-            listed = [name for entry in old["shards"].values() for name in entry["files"]] + list(old["files"])
+            listed = [name for entry in old["shards"].values() if isinstance(entry, dict)
+                      for name in entry.get("files", {})] + list(old["files"])
             names = listed + [MANIFEST]
         elif old is not None or force_any or not _contents(self.path):
             shards = self.path / SHARD_DIR

@@ -19,15 +19,15 @@ def _check_entry(folder: OutputFolder, i: int, rows: tuple[int, int], fingerprin
     """The arrays of shard ``i`` when its entry and files prove it, else ``(None, why not)``."""
     entry = folder.manifest["shards"].get(str(i))
     npz, csv = shard_names(i)
-    if entry is None:
+    if not isinstance(entry, dict):
         present = any((folder.path / n).exists() for n in (npz, csv))
         return None, "its files are not recorded in the manifest" if present else ""
     if list(entry.get("rows", ())) != list(rows):
         return None, f"the manifest gives it rows {entry.get('rows')}"
     if entry.get("fingerprint") != fingerprint:
         return None, "it was computed with other options"
-    files = entry.get("files", {})
-    if set(files) != {npz, csv}:
+    files = entry.get("files")
+    if not isinstance(files, dict) or set(files) != {npz, csv}:
         return None, "the manifest does not list both of its files"
     blobs = {}
     for name, sha in files.items():
