@@ -365,6 +365,16 @@ def test_17_4_nan_produced_inside_the_model_names_the_input(tmp_path, capsys):
     assert "(so the model, not the data, made them)" in err and "NaN" in err
 
 
+def test_17_4_nan_at_a_perturbed_input_names_the_input_too(tmp_path, capsys):
+    """The data is fine, the model is finite there; the attacks clip to [0, 1] and reach x = 0."""
+    W, b = linear_weights(d=4, n_classes=3)
+    model = save(_reciprocal_model(W * 0.05, b), tmp_path / "recip.onnx")
+    np.save(tmp_path / "x.npy", 0.05 + 0.05 * np.random.default_rng(3).random((6, 4)))  # close to 0
+    err = one_line_error(*run([model, "--data", tmp_path / "x.npy", "--out", tmp_path / "o", "--no-report",
+                              "--no-progress", "--k", "2"], capsys)[::2])
+    assert f"model {model}: it produced values the library refuses at input " in err and "NaN" in err
+
+
 def test_17_4_npy_header_claiming_an_impossible_shape(case, tmp_path, capsys):
     path = tmp_path / "huge.npy"
     with open(path, "wb") as f:

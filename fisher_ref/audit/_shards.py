@@ -105,16 +105,29 @@ def _audit_inputs(b, spec: ShardSpec, x: np.ndarray, labels: np.ndarray | None) 
     }
 
 
-def _blame_input(b, spec: ShardSpec, x, labels, index, exc: ValueError) -> ModelError | None:
-    """The first input that fails on its own: the model (not the finite data) produced the failure."""
-    for j in range(x.shape[0]):
-        try:
-            _audit_inputs(b, spec, x[j:j + 1], None if labels is None else labels[j:j + 1])
-        except AuditError:
-            raise
-        except ValueError as err:
-            return ModelError(f"model {spec.model}: it produced values the library refuses at input {int(index[j])}, "
-                              f"whose data is finite (so the model, not the data, made them): {one_line(err)}")
+def _blame_input(b, spec: ShardSpec, x, labels, index) -> ModelError | None:
+    """The first input that fails on its own: the model (not the finite data) produced the failure.
+
+    First the inputs' probabilities and class gradients one at a time (cheap), then, if none of
+    those fails, each input's whole audit (the failure was at a perturbed point).
+    """
+    def cheap(j):
+        b.class_gradients(x[j:j + 1])
+
+    def whole(j):
+        _audit_inputs(b, spec, x[j:j + 1], None if labels is None else labels[j:j + 1])
+
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        for attempt in (cheap, whole):
+            for j in range(x.shape[0]):
+                try:
+                    attempt(j)
+                except AuditError:
+                    raise
+                except ValueError as err:
+                    return ModelError(f"model {spec.model}: it produced values the library refuses at input "
+                                      f"{int(index[j])}, whose data is finite (so the model, not the data, made them): "
+                                      f"{one_line(err)}")
     return None
 
 
@@ -156,7 +169,7 @@ def compute_shard(spec: ShardSpec, x: np.ndarray, labels: np.ndarray | None, ind
     except AuditError:
         raise
     except ValueError as exc:
-        blame = _blame_input(b, spec, x, labels, index, exc)
+        blame = _blame_input(b, spec, x, labels, index)
         if blame is None:
             raise
         raise blame from exc
