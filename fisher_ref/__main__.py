@@ -55,8 +55,9 @@ def _audit_parser(sub) -> argparse.ArgumentParser:
                    help="layout of the data; converted to the model's (auto: by matching shapes)")
     g.add_argument("--resize", type=int, nargs=2, metavar=("H", "W"), help="resize images (bilinear; off by default)")
     g.add_argument("--bounds", type=float, nargs=2, metavar=("LO", "HI"),
-                   help="clip adversarial inputs to [LO, HI] (default: [0, 1] when the data lies there)")
-    g.add_argument("--no-clip", action="store_true", help="do not clip adversarial inputs")
+                   help="the data's range: adversarial inputs are clipped to [LO, HI] (default [0, 1]; data "
+                        "outside it is refused unless --scale 255, --bounds or --no-clip says what it is)")
+    g.add_argument("--no-clip", action="store_true", help="no bounds: audit data of any range, unclipped")
     g = p.add_argument_group("analysis")
     g.add_argument("--k", type=int, default=10, help="top Fisher eigenvalues per input (default 10)")
     g.add_argument("--epsilons", type=float, nargs="+", default=[0.5, 1.0, 2.0, 3.0], metavar="E",
