@@ -1,6 +1,7 @@
 """Command line: ``fisher-ref [audit ...]`` and ``fisher-ref demo``.
 
-``fisher-ref`` with no arguments runs ``fisher-ref audit`` on the bundled example (the MNIST
+``fisher-ref paper ...`` runs the paper reproduction (``python -m paper_results ...``) from any
+folder of a checkout. ``fisher-ref`` with no arguments runs ``fisher-ref audit`` on the bundled example (the MNIST
 LeNet-5 in ``fisher_ref/data/mnist_lenet.onnx`` and the 500 bundled MNIST test images) and writes
 into a fresh ``./fisher-ref-audit/run-YYYYmmdd-HHMMSS/``.
 """
@@ -191,10 +192,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="fisher-ref", description="Fisher information of a classifier's input (Zhao et al., AAAI 2019). "
         "With no arguments: `fisher-ref audit` on the bundled MNIST model and data.")
-    sub = parser.add_subparsers(dest="command", metavar="{audit,demo,validate}")
+    sub = parser.add_subparsers(dest="command", metavar="{audit,demo,validate,paper}")
     _audit_parser(sub)
     sub.add_parser("validate", add_help=False,
                    help="run the validation suite (fisher-ref validate --help) and print what agreed to what tolerance")
+    sub.add_parser("paper", add_help=False,
+                   help="reproduce the paper's tables and figures (fisher-ref paper list; needs a checkout)")
     demo = sub.add_parser("demo", help="spectrum and OSSA on the bundled MNIST MLP, checked against a dense FIM")
     demo.add_argument("--n", type=int, default=200, help="number of bundled test images (default 200)")
     demo.add_argument("--epsilons", type=float, nargs="+", default=[0.5, 1.0, 2.0, 3.0])
@@ -204,6 +207,10 @@ def main(argv: list[str] | None = None) -> int:
         from .validation.run_all import main as validate
 
         return validate(argv[1:])
+    if argv[:1] == ["paper"]:
+        from ._paper import main as paper
+
+        return paper(argv[1:])
     args = parser.parse_args(argv or ["audit"])
     if args.command == "demo":
         from ._demo import run_demo

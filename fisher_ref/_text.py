@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["count"]
+__all__ = ["count", "plural_of", "one_line", "size_str"]
 
 _IRREGULAR = {"matrix": "matrices", "index": "indices", "vertex": "vertices", "axis": "axes", "was": "were",
               "is": "are", "has": "have", "this": "these"}
@@ -25,3 +25,17 @@ def plural_of(noun: str) -> str:
     if noun.endswith("y") and len(noun) > 1 and noun[-2] not in "aeiou":
         return noun[:-1] + "ies"
     return noun + "s"
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (its type name when it has none)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def size_str(n_bytes: float) -> str:
+    """``2.79 PiB``, ``12.0 KiB``, ``512 B``."""
+    units = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+    n, i = float(n_bytes), 0
+    while n >= 1024 and i < len(units) - 1:
+        n, i = n / 1024, i + 1
+    return f"{int(n)} B" if i == 0 else f"{n:.3g} {units[i]}"

@@ -84,7 +84,9 @@ def lines_match(got: str, want: str) -> bool:
 
 
 def _run(lang: str, code: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, REPO=str(ROOT), PYTHONWARNINGS="ignore::FutureWarning", COLUMNS="200")
+    # the interpreter running the tests comes first on PATH, so `fisher-ref` is the one installed with it
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = dict(os.environ, REPO=str(ROOT), PATH=path, PYTHONWARNINGS="ignore::FutureWarning", COLUMNS="200")
     cmd = [sys.executable, "-c", code] if lang == "python" else ["bash", "-e", "-o", "pipefail", "-c", code]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
 

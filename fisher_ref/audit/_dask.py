@@ -15,9 +15,8 @@ from typing import Callable
 
 import numpy as np
 
-from .._text import count
 from ._errors import SchedulerError
-from ._text import one_line
+from .._text import count, one_line
 
 __all__ = ["dask_results", "ALLOWED_FAILURES"]
 

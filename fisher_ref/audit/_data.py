@@ -20,7 +20,8 @@ import numpy as np
 
 from ._config import DATA_FORMATS
 from ._errors import DataError
-from ._text import one_line, shape_str, size_str
+from .._text import one_line, size_str
+from .._validation import shape_str
 
 __all__ = ["load_data", "RawData", "raw_from_arrays", "read_labels"]
 

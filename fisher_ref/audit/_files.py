@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ._errors import DiskFullError, OutputFolderError
-from ._text import one_line
+from .._text import one_line
 
 __all__ = ["atomic_write", "sha256_file", "sha256_bytes", "sha256_arrays", "TMP_MARK"]
 

@@ -23,7 +23,7 @@ from ._model import jsonable_providers, open_model, with_normalization
 from ._outdir import FORMAT_VERSION
 from ._prepare import prepare_data, resolve_bounds
 from ._shards import ShardSpec
-from ._text import shape_str
+from .._validation import shape_str
 
 __all__ = ["Prepared", "prepare_inputs", "check_dependencies"]
 

@@ -16,7 +16,7 @@ import numpy as np
 from .._backend import Backend
 from ._errors import DependencyError, ModelError
 from ._prepare import channel_shape
-from ._text import one_line
+from .._text import one_line
 
 __all__ = ["open_model", "backend_for"]
 

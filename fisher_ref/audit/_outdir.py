@@ -15,11 +15,10 @@ import os
 import secrets
 from pathlib import Path
 
-from .._text import count
 from ._errors import NotResumableError, OutputFolderError
 from ._files import TMP_MARK, atomic_write, sha256_bytes, write_error
 from ._lock import LOCK_NAME, FolderLock
-from ._text import one_line
+from .._text import count, one_line
 
 __all__ = ["OutputFolder", "default_out", "precheck", "MANIFEST", "REPORT_FILES", "DEFAULT_OUT_ROOT"]
 

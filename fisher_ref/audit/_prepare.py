@@ -9,7 +9,7 @@ import numpy as np
 
 from ._config import LAYOUTS, SCALES
 from ._errors import DataError, DependencyError
-from ._text import shape_str
+from .._validation import shape_str
 
 __all__ = ["prepare_data", "resolve_bounds", "channel_shape"]
 

@@ -20,7 +20,7 @@ from .._spectrum import fisher_spectrum
 from ..attacks import DegenerateSpectrumWarning, fgm, least_perturbation, ossa
 from ._errors import AuditError, ModelError
 from ._model import backend_for
-from ._text import one_line
+from .._text import one_line
 
 __all__ = ["ShardSpec", "compute_shard", "shard_files", "shard_names", "read_shard_npz", "csv_text", "COLUMNS"]
 
