@@ -55,10 +55,10 @@ _DETECTION = ("FisherSpectrumFeatures", "FisherDetector", "KernelDensityFeatures
 def __getattr__(name: str):
     if name in _DETECTION:
         try:
-            from . import _detection
+            from . import detection
         except ImportError as exc:  # pragma: no cover - depends on the environment
             raise ImportError(f"fisher_ref.{name} needs scikit-learn: pip install 'fisher-ref[detect]'") from exc
-        return getattr(_detection, name)
+        return getattr(detection, name)
     raise AttributeError(f"module 'fisher_ref' has no attribute {name!r}")
 
 

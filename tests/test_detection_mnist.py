@@ -10,7 +10,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_detection_on_bundled_mnist(tmp_path):
-    from fisher_ref import FisherDetector, KernelDensityDetector, evaluate_detection
+    from fisher_ref.detection import FisherDetector, KernelDensityDetector, evaluate_detection
     from fisher_ref.backends import MLPModel, bundled_mnist_mlp
     from fisher_ref.datasets import load_bundled_mnist, load_mnist
 
