@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fisher_ref import (BayesianUncertaintyDetector, FisherDetector, KDBUDetector, KernelDensityDetector,
-                        LIDDetector, evaluate_detection)
+from fisher_ref.detection import (BayesianUncertaintyDetector, FisherDetector, KDBUDetector, KernelDensityDetector,
+                                  LIDDetector, evaluate_detection)
 from fisher_ref.backends import MLPModel, bundled_mnist_mlp
 from fisher_ref.datasets import load_mnist
 

@@ -1,7 +1,7 @@
 """Table 4: AUC of detecting FGM, OTCM, Opt, BIM and OSSA examples with KD, BU, KD+BU, LID and the
 Fisher-eigenvalue detector (random forest), MNIST (LeNet-5) and CIFAR-10 (VGG).
 
-Data as the paper (after Feinman et al. 2017), built by ``fisher_ref.evaluate_detection``: random
+Data as the paper (after Feinman et al. 2017), built by ``fisher_ref.detection.evaluate_detection``: random
 test inputs the model classifies correctly are attacked; for each input an attack fools, the clean
 input and a noisy copy (Gaussian noise of the same l2 norm as the perturbation) are negatives and
 the adversarial example the positive. The inputs are split 70/30 into train and test (all copies of
@@ -40,27 +40,29 @@ SIZES = C.Sizes(full={"mnist": 1000, "cifar": 500, "train": 5000},
 OPT_OPTIONS = {"mnist": {"binary_search_steps": 5, "max_iter": 60}, "cifar": {"binary_search_steps": 4, "max_iter": 50}}
 OPT_OPTIONS_QUICK = {"binary_search_steps": 2, "max_iter": 10}
 DETECTORS = ("KD", "BU", "KD+BU", "LID", "Ours", "Ours + growth")
-CACHE_VERSION = 3
+# 4: the report's classes moved to fisher_ref.detection (a pickle of version 3 names fisher_ref._detection)
+CACHE_VERSION = 4
 
 
 def detectors(backend, spec, X_train, y_train, seed):
-    import fisher_ref as fr
+    from fisher_ref import detection as fd
 
     return {
-        "KD": fr.KernelDensityDetector(backend, bandwidth=spec.kd_bandwidth, X_train=X_train, y_train=y_train),
-        "BU": fr.BayesianUncertaintyDetector(backend, random_state=seed),
-        "KD+BU": fr.KDBUDetector(backend, bandwidth=spec.kd_bandwidth, X_train=X_train, y_train=y_train,
+        "KD": fd.KernelDensityDetector(backend, bandwidth=spec.kd_bandwidth, X_train=X_train, y_train=y_train),
+        "BU": fd.BayesianUncertaintyDetector(backend, random_state=seed),
+        "KD+BU": fd.KDBUDetector(backend, bandwidth=spec.kd_bandwidth, X_train=X_train, y_train=y_train,
                                  random_state=seed),
-        "LID": fr.LIDDetector(backend, random_state=seed),
+        "LID": fd.LIDDetector(backend, random_state=seed),
         # the first Fisher detector is the one evaluate_detection crosses over attacks (Table 5)
-        "Ours": fr.FisherDetector(backend, k=20, extra=(), random_state=seed),
-        "Ours + growth": fr.FisherDetector(backend, k=20, random_state=seed),
+        "Ours": fd.FisherDetector(backend, k=20, extra=(), random_state=seed),
+        "Ours + growth": fd.FisherDetector(backend, k=20, random_state=seed),
     }
 
 
 def detection_report(run: C.Run, ds: str):
-    """The :class:`~fisher_ref.DetectionReport` of ``ds`` (cached: Tables 4 and 5 share the MNIST one)."""
+    """The :class:`~fisher_ref.detection.DetectionReport` of ``ds`` (cached: Tables 4 and 5 share the MNIST one)."""
     import fisher_ref as fr
+    from fisher_ref.detection import evaluate_detection
 
     key = C.DEFAULT_MODEL[ds]
     seed = run.args.seed
@@ -86,10 +88,10 @@ def detection_report(run: C.Run, ds: str):
     eps = float(np.percentile(lp[np.isfinite(lp)], 90))
     print(f"{run.script}: {ds} detection on {len(idx)} test inputs ({spec.name}), l2 budget {eps:.3f}; this takes "
           "a while", flush=True)
-    rep = fr.evaluate_detection(backend, x[idx], y[idx], detectors=detectors(backend, spec, xtr[tr], ytr[tr], seed),
-                                epsilon={a: eps for a in C.ATTACKS},  # (Opt ignores it)
-                                attack_options={"opt": opt_options}, random_state=seed,
-                                progress=not run.args.no_progress)
+    rep = evaluate_detection(backend, x[idx], y[idx], detectors=detectors(backend, spec, xtr[tr], ytr[tr], seed),
+                             epsilon={a: eps for a in C.ATTACKS},  # (Opt ignores it)
+                             attack_options={"opt": opt_options}, random_state=seed,
+                             progress=not run.args.no_progress)
     rep.extra = {"test_indices": idx, "model": spec.name, "n_train": n_train, "opt_options": opt_options,
                  "fgm_fooled_within_6": float(np.isfinite(lp).mean())}
     if cache is not None:
