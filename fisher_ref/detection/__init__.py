@@ -26,10 +26,9 @@ Modules: ``_base`` (input checks, chunking, input identity), ``_features``, ``_d
 extra) at import time; the rest of :mod:`fisher_ref` needs only NumPy and SciPy.
 """
 
-try:
-    import sklearn  # noqa: F401
-except ImportError as exc:  # pragma: no cover - exercised only without scikit-learn
-    raise ImportError("fisher_ref.detection needs scikit-learn: pip install 'fisher-ref[detect]'") from exc
+from .._extras import require_extras
+
+require_extras("detect", what="fisher_ref.detection")  # one clear ImportError without scikit-learn
 
 from ._detectors import (
     BayesianUncertaintyDetector,

@@ -27,6 +27,7 @@ from sklearn.base import clone
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from .._backend import Backend, as_backend
+from .._progress import progress as show_progress
 from .._validation import check_bounds, check_labels, check_real, shape_str
 from ..attacks import AttackResult, bim, fgm, iterative_ossa, least_perturbation, opt, ossa, otcm
 from ._base import generator
@@ -116,16 +117,6 @@ def _check_detectors(detectors: Any) -> dict:
             raise TypeError(f"detector {name!r} must be a detector of fisher_ref or a scikit-learn classifier, "
                             f"got {type(det).__name__}")
     return dict(detectors)
-
-
-def _progress(iterable, *, enabled: bool, desc: str):
-    if not enabled:
-        return iterable
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return iterable
-    return tqdm(iterable, desc=desc, leave=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,7 +225,7 @@ def attack_and_augment(b: Backend, Xc: np.ndarray, yc: np.ndarray, sources: np.n
     """
     samples, per_attack, fooling = [Xc], {}, {}
     offset = Xc.shape[0]
-    for a in _progress(list(plan), enabled=progress, desc="attacks"):
+    for a in show_progress(list(plan), enabled=progress, desc="attacks"):
         r = _run_attack(plan[a], Xc, b, yc, eps[a], bounds, rng)
         ok = np.asarray(r.success, dtype=bool).reshape(-1)
         fooling[a] = float(ok.mean())
@@ -261,7 +252,7 @@ def features_once(detectors: dict, X_fit: np.ndarray, samples: np.ndarray, progr
     every sample once, whatever the number of attacks; another classifier sees the flattened inputs.
     """
     feats, transformers = {}, {}
-    for name in _progress(list(detectors), enabled=progress, desc="features"):
+    for name in show_progress(list(detectors), enabled=progress, desc="features"):
         det = detectors[name]
         if isinstance(det, Detector):
             transformers[name] = det.make_transformer().fit(X_fit)
@@ -295,7 +286,7 @@ def auc_table(detectors: dict, feats: dict, transformers: dict, per_attack: dict
     names, attacks = list(detectors), list(per_attack)
     auc = np.full((len(names), len(attacks)), np.nan)
     roc, models = {}, {}
-    for i, name in enumerate(_progress(names, enabled=progress, desc="detectors")):
+    for i, name in enumerate(show_progress(names, enabled=progress, desc="detectors")):
         for j, a in enumerate(attacks):
             s = per_attack[a]
             te = is_test[s.sources]
@@ -451,7 +442,8 @@ def evaluate_detection(backend: Any, X_clean: Any, y_clean: Any, *,
     roc_png : str or path, optional
         Write the ROC curves there (one panel per attack; matplotlib, Agg canvas, imported lazily).
     progress : bool
-        tqdm progress bars (when tqdm is installed).
+        Progress of the attacks, features and detectors on stderr: a tqdm bar on a terminal (when
+        tqdm is installed), one line per step elsewhere.
 
     Returns
     -------
