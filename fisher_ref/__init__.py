@@ -46,7 +46,7 @@ __version__ = "0.1.0"
 
 # the detectors need scikit-learn: importable from here lazily (their home is fisher_ref.detection),
 # so that `import fisher_ref` needs NumPy and SciPy only
-_DETECTION = ("FisherSpectrumFeatures", "FisherDetector", "KernelDensityFeatures", "KernelDensityDetector",
+_DETECTION = ("Detector", "FisherSpectrumFeatures", "FisherDetector", "KernelDensityFeatures", "KernelDensityDetector",
               "BayesianUncertaintyFeatures", "BayesianUncertaintyDetector", "KDBUDetector", "LIDFeatures",
               "LIDDetector", "evaluate_detection", "default_detectors", "AUCTable", "DetectionReport",
               "EXTRA_FEATURES")

@@ -48,7 +48,7 @@ def dets(rs):
 tabs = []
 for rs in seeds:
     t = time.time()
-    rep = evaluate_detection(model, Xte, yte, detectors=dets(rs), random_state=rs, progress=False,
+    rep = evaluate_detection(Xte, model, yte, detectors=dets(rs), random_state=rs, progress=False,
                              roc_png=str(OUT / "detection_extras_roc.png") if rs == seeds[0] else None)
     print(f"seed {rs}: {time.time()-t:.0f}s eps {rep.epsilon} fooling {rep.fooling_rate}", flush=True)
     print(rep.n_samples, flush=True)

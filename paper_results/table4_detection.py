@@ -88,7 +88,7 @@ def detection_report(run: C.Run, ds: str):
     eps = float(np.percentile(lp[np.isfinite(lp)], 90))
     print(f"{run.script}: {ds} detection on {len(idx)} test inputs ({spec.name}), l2 budget {eps:.3f}; this takes "
           "a while", flush=True)
-    rep = evaluate_detection(backend, x[idx], y[idx], detectors=detectors(backend, spec, xtr[tr], ytr[tr], seed),
+    rep = evaluate_detection(x[idx], backend, y[idx], detectors=detectors(backend, spec, xtr[tr], ytr[tr], seed),
                              epsilon={a: eps for a in C.ATTACKS},  # (Opt ignores it)
                              attack_options={"opt": opt_options}, random_state=seed,
                              progress=not run.args.no_progress)

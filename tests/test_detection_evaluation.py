@@ -22,7 +22,7 @@ def test_evaluate_detection_tables_split_by_input_and_png(tmp_path):
     X = (X - X.min()) / (X.max() - X.min())  # into [0, 1]
     attacks = ("fgm", "otcm", "opt", "bim", "ossa")
     png = tmp_path / "roc.png"
-    rep = evaluate_detection(model, X, y, attacks=attacks, epsilon={"fgm": 0.3, "otcm": 0.3, "bim": 0.3, "ossa": 0.3},
+    rep = evaluate_detection(X, model, y, attacks=attacks, epsilon={"fgm": 0.3, "otcm": 0.3, "bim": 0.3, "ossa": 0.3},
                              attack_options={"opt": {"max_iter": 30, "binary_search_steps": 3}},
                              X_train=X, y_train=y, roc_png=png, progress=False, random_state=0)
     names = ["KD", "BU", "KD+BU", "LID", "Fisher"]
@@ -54,32 +54,32 @@ def test_evaluate_detection_defaults_and_errors():
     model = LogisticRegressionModel.random((5,), 3, scale=3.0, rng=0)  # no features, no dropout
     X = np.random.default_rng(0).uniform(0, 1, (60, 5))
     y = model.probabilities(X).argmax(1)
-    rep = evaluate_detection(model, X, y, attacks=["fgm", "ossa"], progress=True, noise=None,
+    rep = evaluate_detection(X, model, y, attacks=["fgm", "ossa"], progress=True, noise=None,
                              detectors=None, random_state=1)
     assert rep.auc.rows == ["Fisher"] and set(rep.skipped) == {"KD", "BU", "KD+BU", "LID"}
     # default budget: FGM fools about 90% of the inputs
     assert 0.8 <= rep.fooling_rate["fgm"] <= 1.0 and rep.epsilon["fgm"] == rep.epsilon["ossa"] > 0
     assert rep.n_samples["fgm"]["train_negative"] == rep.n_samples["fgm"]["train_positive"]  # no noisy copies
     # any scikit-learn classifier runs on the flattened raw inputs; attacks may be callables
-    rep = evaluate_detection(model, X, y, attacks={"fgm": "fgm", "my_fgm": fr.fgm}, epsilon=0.5, progress=False,
+    rep = evaluate_detection(X, model, y, attacks={"fgm": "fgm", "my_fgm": fr.fgm}, epsilon=0.5, progress=False,
                              detectors={"raw": LogisticRegression(), "F": FisherDetector(model, random_state=0)})
     assert rep.auc.rows == ["raw", "F"] and rep.cross_detector == "F" and rep.cross.shape == (2, 2)
     assert rep.fooling_rate["fgm"] == rep.fooling_rate["my_fgm"] and rep.n_samples["fgm"] == rep.n_samples["my_fgm"]
     assert np.all(np.isfinite(rep.auc.values))
     with pytest.raises(ValueError, match="attacks must be"):
-        evaluate_detection(model, X, y, attacks=["deepfool"], progress=False)
+        evaluate_detection(X, model, y, attacks=["deepfool"], progress=False)
     with pytest.raises(ValueError, match="epsilon has entries for attacks not run"):
-        evaluate_detection(model, X, y, attacks=["fgm"], epsilon={"bim": 1.0}, progress=False)
+        evaluate_detection(X, model, y, attacks=["fgm"], epsilon={"bim": 1.0}, progress=False)
     with pytest.raises(ValueError, match="test_size"):
-        evaluate_detection(model, X, y, attacks=["fgm"], test_size=1.5, progress=False)
+        evaluate_detection(X, model, y, attacks=["fgm"], test_size=1.5, progress=False)
     with pytest.raises(ValueError, match="noise"):
-        evaluate_detection(model, X, y, attacks=["fgm"], noise="uniform", progress=False)
+        evaluate_detection(X, model, y, attacks=["fgm"], noise="uniform", progress=False)
     with pytest.raises(ValueError, match="y_clean"):
-        evaluate_detection(model, X, y[:10], attacks=["fgm"], progress=False)
+        evaluate_detection(X, model, y[:10], attacks=["fgm"], progress=False)
     with pytest.raises(ValueError, match="fooled none"):
-        evaluate_detection(model, X, y, attacks=["fgm"], epsilon=1e-9, progress=False)
+        evaluate_detection(X, model, y, attacks=["fgm"], epsilon=1e-9, progress=False)
     with pytest.raises(MissingCapabilityError):
-        evaluate_detection(model, X, y, attacks=["fgm"], detectors={"KD": KernelDensityDetector(model)},
+        evaluate_detection(X, model, y, attacks=["fgm"], detectors={"KD": KernelDensityDetector(model)},
                            progress=False)
 
 
@@ -105,7 +105,7 @@ def test_the_default_split_is_the_shuffle_split_of_earlier_releases(seed, test_s
     default_rng(random_state), round(test_size * n) of them held out, drawn before the attacks."""
     model, X, y = lr_problem()
     y[:5] = (y[:5] + 1) % 3  # five inputs misclassified: not in the split
-    rep = evaluate_detection(model, X, y, attacks=["fgm"], epsilon=0.5, detectors={"F": FisherDetector(model)},
+    rep = evaluate_detection(X, model, y, attacks=["fgm"], epsilon=0.5, detectors={"F": FisherDetector(model)},
                              test_size=test_size, random_state=seed, progress=False, noise=None)
     correct = np.flatnonzero(model.probabilities(X).argmax(1) == y)
     assert correct.size == 55
@@ -119,7 +119,7 @@ def test_evaluate_detection_with_a_group_shuffle_split():
     model, X, y = lr_problem()
     det = {"F": FisherDetector(model, random_state=0)}
     gss = GroupShuffleSplit(n_splits=1, test_size=0.3, random_state=4)
-    rep = evaluate_detection(model, X, y, attacks=["fgm", "ossa"], epsilon=0.5, detectors=det, splitter=gss,
+    rep = evaluate_detection(X, model, y, attacks=["fgm", "ossa"], epsilon=0.5, detectors=det, splitter=gss,
                              random_state=1, progress=False)
     correct = np.flatnonzero(model.probabilities(X).argmax(1) == y)
     train, test = next(gss.split(X[correct], y[correct], groups=correct))
@@ -130,14 +130,14 @@ def test_evaluate_detection_with_a_group_shuffle_split():
         assert set(rep.groups[a]["test"]) <= set(rep.test_inputs) and set(rep.groups[a]["train"]) <= set(rep.train_inputs)
     assert np.all(np.isfinite(rep.auc.values)) and rep.cross.shape == (2, 2)
     with pytest.raises(ValueError, match="test_size is the default split's"):
-        evaluate_detection(model, X, y, attacks=["fgm"], splitter=gss, test_size=0.3, progress=False)
+        evaluate_detection(X, model, y, attacks=["fgm"], splitter=gss, test_size=0.3, progress=False)
     with pytest.raises(ValueError, match=r"splitter must put each of the 60 correctly classified inputs on one side, "
                                          r"both sides non-empty; got 30 train and 12 test inputs, 0 on both sides, "
                                          r"18 on neither"):
-        evaluate_detection(model, X, y, attacks=["fgm"], progress=False,
+        evaluate_detection(X, model, y, attacks=["fgm"], progress=False,
                            splitter=GroupShuffleSplit(n_splits=1, test_size=0.2, train_size=0.5, random_state=0))
     with pytest.raises(TypeError, match="splitter must be a scikit-learn splitter"):
-        evaluate_detection(model, X, y, attacks=["fgm"], splitter=0.3, progress=False)
+        evaluate_detection(X, model, y, attacks=["fgm"], splitter=0.3, progress=False)
 
 
 def test_bad_detectors_are_refused_before_the_attacks_run():
@@ -149,12 +149,12 @@ def test_bad_detectors_are_refused_before_the_attacks_run():
         return fr.fgm(X, backend, **kw)
 
     with pytest.raises(ValueError, match="detectors must be a non-empty mapping"):
-        evaluate_detection(model, X, y, attacks={"fgm": counting_fgm}, epsilon=0.5, detectors={}, progress=False)
+        evaluate_detection(X, model, y, attacks={"fgm": counting_fgm}, epsilon=0.5, detectors={}, progress=False)
     with pytest.raises(TypeError, match="detector 'x' must be a detector of fisher_ref or a scikit-learn classifier, "
                                         "got str"):
-        evaluate_detection(model, X, y, attacks={"fgm": counting_fgm}, epsilon=0.5, detectors={"x": "svm"},
+        evaluate_detection(X, model, y, attacks={"fgm": counting_fgm}, epsilon=0.5, detectors={"x": "svm"},
                            progress=False)
     with pytest.raises(TypeError, match=r"epsilon\['fgm'\] must be a positive number, got 'big'"):
-        evaluate_detection(model, X, y, attacks={"fgm": counting_fgm}, epsilon="big", progress=False,
+        evaluate_detection(X, model, y, attacks={"fgm": counting_fgm}, epsilon="big", progress=False,
                            detectors={"F": FisherDetector(model)})
     assert calls == []

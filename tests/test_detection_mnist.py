@@ -19,7 +19,7 @@ def test_detection_on_bundled_mnist(tmp_path):
     X, y = load_bundled_mnist()
     Xtr, ytr = load_mnist(split="train", limit=2000)
     Xtr = (Xtr / 255.0)[:, None]
-    rep = evaluate_detection(model, X, y, attacks=("fgm", "ossa"),
+    rep = evaluate_detection(X, model, y, attacks=("fgm", "ossa"),
                              detectors={"Fisher": FisherDetector(model, random_state=0),
                                         "KD": KernelDensityDetector(model, bandwidth=1.2, X_train=Xtr, y_train=ytr)},
                              random_state=0, progress=False, roc_png=str(tmp_path / "roc.png"))

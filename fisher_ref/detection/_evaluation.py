@@ -26,7 +26,7 @@ import numpy as np
 from sklearn.base import clone
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from .._backend import Backend, as_backend
+from .._backend import Backend, as_backend, public_order
 from .._progress import progress as show_progress
 from .._validation import check_bounds, check_labels, check_real, shape_str
 from ..attacks import AttackResult, bim, fgm, iterative_ossa, least_perturbation, opt, ossa, otcm
@@ -377,7 +377,7 @@ def _cross_detector(detectors: dict) -> str | None:
 # the pipeline
 
 
-def evaluate_detection(backend: Any, X_clean: Any, y_clean: Any, *,
+def evaluate_detection(X_clean: Any, backend: Any, y_clean: Any, *,
                        attacks: Sequence[str] | Mapping[str, Callable] = ("fgm", "otcm", "opt", "bim", "ossa"),
                        detectors: Mapping[str, Any] | None = None, epsilon: float | Mapping[str, float] | None = None,
                        bounds: tuple[float, float] | None = (0.0, 1.0), noise: str | None = "same_norm",
@@ -396,11 +396,12 @@ def evaluate_detection(backend: Any, X_clean: Any, y_clean: Any, *,
 
     Parameters
     ----------
-    backend : Backend or callable
     X_clean : array-like of shape (n, *input_shape)
         Clean inputs (inside ``bounds``).
+    backend : Backend, callable, torch.nn.Module or ONNX model
     y_clean : array-like of int of shape (n,)
-        Their true labels.
+        Their true labels. (The order ``evaluate_detection(backend, X_clean, y_clean)`` of earlier
+        releases works with a FutureWarning.)
     attacks : sequence of str or mapping of str to callable
         Names from "fgm", "otcm", "opt", "bim", "ossa", "iterative_ossa", or ``{name: fn}`` with
         ``fn(X, backend, labels=, bounds=, epsilon=, **options)`` returning an
@@ -463,6 +464,7 @@ def evaluate_detection(backend: Any, X_clean: Any, y_clean: Any, *,
     Zhao et al., AAAI 2019, Section 4, Table 4 (AUC per attack) and Table 5 (generalisation).
     Feinman et al. (2017), Section 4 (clean, noisy and adversarial samples).
     """
+    X_clean, backend = public_order(X_clean, backend, "evaluate_detection")
     b, X, y, correct = _check_data(backend, X_clean, y_clean)
     bnds = check_bounds(bounds, X)
     if splitter is not None and test_size is not None:

@@ -25,6 +25,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from .._backend import Backend
 from .._spectrum import fisher_spectrum
+from ..attacks import DegenerateSpectrumWarning, ossa
 from .._validation import check_int, check_labels, check_real
 from ._base import (
     CHUNK,
@@ -194,14 +195,10 @@ class FisherSpectrumFeatures(SharedBackendMixin, TransformerMixin, BaseEstimator
 
     def _growth(self, b: Backend, X: np.ndarray, lam: np.ndarray, v: np.ndarray) -> np.ndarray:
         t = float(self.growth_step)
-        tiny = np.finfo(np.float64).tiny
-        p0 = b.probabilities(X)
-        y = p0.argmax(axis=1)
-        rows = np.arange(X.shape[0])
-        loss0 = -np.log(np.maximum(p0[rows, y], tiny))
-        loss1 = -np.log(np.maximum(b.probabilities(X + t * v)[rows, y], tiny))
-        sign = np.where(loss1 <= loss0, -1.0, 1.0).reshape((-1,) + (1,) * (X.ndim - 1))
-        lam_t = fisher_spectrum(x=X + t * sign * v, backend=b, k=1, rng=0)[0][:, 0]
+        with warnings.catch_warnings():  # lambda_1 = 0: no direction, and no growth either (0 below)
+            warnings.simplefilter("ignore", DegenerateSpectrumWarning)
+            moved = ossa(X, b, epsilon=t, bounds=None, direction=(lam, v)).x_adv_raw  # Algorithm 1's sign
+        lam_t = fisher_spectrum(x=moved, backend=b, k=1, rng=0)[0][:, 0]
         log_growth = np.where(lam > 0, np.log(lam_t + LOG_FLOOR) - np.log(lam + LOG_FLOOR), 0.0)
         return log_growth if self.log else np.exp(np.minimum(log_growth, 700.0))
 
