@@ -27,6 +27,7 @@ from fisher_ref.audit import AuditError, AuditResult, _shards, audit  # noqa: E4
 from fisher_ref.backends import OnnxBackend, bundled_path  # noqa: E402
 from fisher_ref.datasets import load_bundled_mnist  # noqa: E402
 
+from _report_html import check_file_list  # noqa: E402
 from _onnx_models import (  # noqa: E402
     int_input_model,
     linear_model,
@@ -129,6 +130,67 @@ def test_bundled_end_to_end_writes_every_file(bundled_run):
     page = (res.out / "report.html").read_text()
     srcs = [s.split('"')[0] for s in page.split('src="')[1:]]
     assert len(srcs) == 5 and all(s.startswith("data:image/png;base64,") for s in srcs)
+
+
+def test_report_lists_and_links_every_file(bundled_run):
+    out = bundled_run.out
+    page = (out / "report.html").read_text()
+    linked = check_file_list(page, out / "report.html", n_shards=4)
+    for name in ("report.html", "results.csv", "summary.json", "manifest.json", "fooling_rate.png",
+                 "vulnerable_least_perturbation.png", "shards/", "shards/shard-00000.npz", "shards/shard-00003.csv"):
+        assert name in linked, name
+    assert ">fooling_rate.png</code></a>" in page  # the name verbatim, underscores and all
+    # the plots shown are the PNG files listed
+    import base64
+
+    shown = [base64.b64decode(s.split('"')[0].split(",", 1)[1]) for s in page.split('src="')[1:]]
+    assert shown == [(out / n).read_bytes() for n in ("fooling_rate.png", "eigenvalues.png", "scatter.png",
+                                                      "vulnerable_least_perturbation.png",
+                                                      "vulnerable_top_eigenvalue.png")]
+
+
+def test_report_explains_itself(bundled_run):
+    page = (bundled_run.out / "report.html").read_text()
+    how = page.index('<section id="how-to-read">')
+    assert how < page.index("<h2>Fooling rate</h2>")  # near the top, before the first plot
+    text = page[how:page.index("</section>", how)]
+    for term in ("How to read this report", "top Fisher eigenvalue", "Fooling-rate curve", "Histogram", "Scatter",
+                 "Panels", "A vulnerable input", "Spearman",
+                 "label 8 &rarr; 3"):
+        assert term in text, term
+    from fisher_ref.audit._report import coincidence_notes
+
+    s = bundled_run.summary
+    notes = coincidence_notes({"ossa": s["fooling_rate"]["ossa"], "fgm": s["fooling_rate"]["fgm"]})
+    for note in notes:  # a note in the caption when the curves coincide
+        assert note.replace("epsilon", "&epsilon;") in page
+
+
+def test_coincidence_notes():
+    from fisher_ref.audit._report import coincidence_notes
+
+    assert coincidence_notes({"ossa": [0.1, 0.5], "fgm": [0.105, 0.49]}) == [
+        "OSSA and FGM coincide within 1.0 percentage points at every epsilon"]
+    assert coincidence_notes({"ossa": [0.1, 0.5], "fgm": [0.1, 0.5]}) == ["OSSA and FGM coincide at every epsilon"]
+    assert coincidence_notes({"ossa": [0.1, 0.5], "fgm": [0.1, 0.6]}) == []  # 10 points apart at epsilon 2
+    assert coincidence_notes({"ossa": [None, 0.5], "fgm": [None, 0.5]}) == ["OSSA and FGM coincide at every epsilon"]
+    assert coincidence_notes({"ossa": [None], "fgm": [None]}) == []  # nothing was attacked: nothing to say
+    assert coincidence_notes({"ossa": [0.1], "fgm": [0.2]}, within=0.2) != []
+
+
+def test_panel_titles_explain_themselves():
+    from fisher_ref.audit._report import panel_titles
+
+    e = dict(index=466, label=8, prediction=8, least_perturbation=0.0625, adv_prediction=3, top_eigenvalue=27.33)
+    assert panel_titles(e, max_epsilon=6) == ("input #466\nlabel 8 \u2192 3", "\u03b5 = 0.0625",
+                                              "$\\lambda_1$ = 27.3")
+    unlabelled = {**e, "label": None}
+    assert panel_titles(unlabelled, max_epsilon=6)[0] == "input #466\nprediction 8 \u2192 3"
+    missed = {**e, "least_perturbation": math.inf, "adv_prediction": None}
+    assert panel_titles(missed, max_epsilon=6)[:2] == ("input #466\nlabel 8, not fooled", "none within \u03b5 \u2264 6")
+    names = ["airplane", "automobile", "bird", "cat"]
+    top = panel_titles({**e, "label": 1, "adv_prediction": 3}, names, max_epsilon=6)[0]
+    assert top == "input #466\nlabel 1 automobile\n\u2192 3 cat"  # too wide for one line: the arrow wraps
 
 
 def test_results_csv_columns_and_rows(bundled_run):
@@ -483,6 +545,10 @@ def test_data_without_labels_attacks_the_predictions(tmp_path, capsys):
     assert len(rows) == 7 and all(r["label"] == "" and r["correct"] == "" for r in rows)
     s = json.loads((tmp_path / "a" / "summary.json").read_text())
     assert s["accuracy"] is None and s["fooling_rate"]["n"] == 7
+    page = (tmp_path / "a" / "report.html").read_text()  # no images, no labels: said so, every file still listed
+    linked = check_file_list(page, tmp_path / "a" / "report.html", n_shards=3)
+    assert "vulnerable_top_eigenvalue.png" not in linked and "its inputs are not images" in page
+    assert "the attack changes each input's prediction" in page and "A correctly classified input" not in page
     # labels from a text file
     (tmp_path / "y.txt").write_text("0\n1\n2\n0\n1\n2\n0\n")
     code, _, err = run(["audit", model, "--data", tmp_path / "x.npy", "--labels", tmp_path / "y.txt",
