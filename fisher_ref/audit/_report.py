@@ -356,6 +356,7 @@ def _vuln_table(entries: list, names) -> str:
             "</thead><tbody>" + "".join(rows) + "</tbody></table>")
 
 
+# links carry no underline: it would hide the underscores in the file names
 _CSS = """
 body{font-family:DejaVu Sans,Helvetica,Arial,sans-serif;margin:0;background:#f4f5f7;color:#1d2433}
 main{max-width:1080px;margin:0 auto;padding:20px 28px 40px;background:#fff}
@@ -373,7 +374,8 @@ td:first-child,th:first-child{text-align:left}
 table.files th,table.files td{text-align:left;vertical-align:top;padding:4px 8px;line-height:1.5}
 .plots{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}.plots figure{margin:0;flex:1 1 460px}
 figure{margin:8px 0}figure img{max-width:100%;border:1px solid #eee}figcaption{font-size:12px;color:#4a5466}
-code{background:#eef1f6;padding:1px 4px;border-radius:3px}a code{color:#1f5fa8}
+code{background:#eef1f6;padding:1px 4px;border-radius:3px}
+a{text-decoration:none}a code{color:#1f5fa8}a:hover code{text-decoration:underline}
 dl{font-size:13px}dt{font-weight:bold;margin-top:6px}dd{margin-left:16px}
 #image-check{font-size:11px;color:#8a93a3;margin-top:24px}
 """
