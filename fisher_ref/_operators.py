@@ -327,11 +327,16 @@ class MatrixFreeFisherOperator(LinearOperator):
 
 def _rank_bound(p: np.ndarray, g: np.ndarray) -> int:
     """Bound on rank(sum_i p_i g_i g_i^T): classes with p_i > 0, less one if sum_i p_i g_i = 0."""
-    nz = int(np.count_nonzero(p))
-    resid = np.linalg.norm(p @ g)
-    scale = float(p @ np.linalg.norm(g, axis=1))
-    softmax = scale == 0 or resid <= SOFTMAX_SUM_RTOL * scale
-    return max(0, min(nz - (1 if softmax else 0), g.shape[1]))
+    return int(rank_bounds(p[None], g[None])[0])
+
+
+def rank_bounds(p: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """:func:`_rank_bound` for a batch: ``p`` of shape (n, C), ``g`` of shape (n, C, d); returns (n,) int."""
+    nz = np.count_nonzero(p, axis=1)
+    resid = np.linalg.norm(np.matmul(p[:, None, :], g)[:, 0], axis=1)  # ||sum_i p_i g_i||
+    scale = np.einsum("nc,nc->n", p, np.linalg.norm(g, axis=2))
+    softmax = (scale == 0) | (resid <= SOFTMAX_SUM_RTOL * scale)
+    return np.clip(nz - softmax, 0, g.shape[2]).astype(np.int64)
 
 
 def default_n_samples(n_classes: int) -> int:

@@ -25,8 +25,8 @@ from ._operators import (
     MatrixFreeFisherOperator,
     SampledFisherOperator,
     _WeightedGradientOperator,
-    _rank_bound,
     default_n_samples,
+    rank_bounds,
 )
 from ._validation import as_float_array, check_k, check_method, check_rng, shape_str
 
@@ -41,6 +41,8 @@ ZERO_RTOL_FACTOR = 4.0
 NEG_RTOL = 1e-6
 #: Largest d for which "auto" forms a dense matrix when nothing better applies.
 DENSE_AUTO_MAX_D = 600
+#: Unit roundoff of float64, the default arithmetic.
+EPS64 = float(np.finfo(np.float64).eps)
 
 
 class NoConvergence(RuntimeError):
@@ -94,7 +96,7 @@ class SpectrumInfo:
 
 def top_eigenpairs(A: Any, k: int = 1, *, method: str = "auto", tol: float | None = None,
                    maxiter: int | None = None, rng: None | int | np.random.Generator = None,
-                   return_info: bool = False):
+                   pad_null_space: bool = True, return_info: bool = False):
     """Top-k eigenpairs of a symmetric positive semi-definite Fisher matrix or operator.
 
     Parameters
@@ -127,6 +129,10 @@ def top_eigenpairs(A: Any, k: int = 1, *, method: str = "auto", tol: float | Non
         block Lanczos: block steps, default ``max(10, d)``).
     rng : None, int or numpy.random.Generator
         Start vectors of the iterative methods.
+    pad_null_space : bool
+        Past rank(G) the eigenvalues are exact zeros; with True (default) their columns of ``V``
+        are orthonormal vectors of the null space, with False zero vectors (see
+        :func:`fisher_spectrum`: the padding costs memory of the size of ``V``).
     return_info : bool
         Also return a :class:`SpectrumInfo`.
 
@@ -178,7 +184,8 @@ def top_eigenpairs(A: Any, k: int = 1, *, method: str = "auto", tol: float | Non
     if k_eff == 0:
         w, V = np.zeros(0), np.zeros((d, 0))
     elif method == "gram":
-        w, V = _gram(op.factor(), k_eff)
+        w, Vr = _gram(op.factor(), k_eff)
+        V = Vr.T
     elif method == "dense" or (method == "lanczos" and k_eff >= d - 1):
         if method != "dense":
             info.extra["fallback"] = f"ARPACK needs k < d - 1 (d = {d}, k = {k_eff}): used dense eigh"
@@ -192,8 +199,15 @@ def top_eigenpairs(A: Any, k: int = 1, *, method: str = "auto", tol: float | Non
     else:
         with _backend_driven(op):
             w, V, info.n_iter, info.n_products = _block_lanczos(op, k_eff, tol, maxiter, rng, rank_bound)
-    w, V = _finalize(w, V, k, d, max(rank_bound, 1))
+    w, Vr = _finalize(w, V.T, k, d, max(rank_bound, 1), pad=_check_pad(pad_null_space))
+    V = np.ascontiguousarray(Vr.T)
     return (w, V, info) if return_info else (w, V)
+
+
+def _check_pad(pad_null_space: Any) -> bool:
+    if not isinstance(pad_null_space, (bool, np.bool_)):
+        raise TypeError(f"pad_null_space must be True or False, got {type(pad_null_space).__name__}")
+    return bool(pad_null_space)
 
 
 def _backend_driven(op) -> contextlib.AbstractContextManager:
@@ -226,17 +240,25 @@ def _as_operator(A: Any) -> tuple[LinearOperator, np.ndarray | None]:
     return spla.aslinearoperator(a), a
 
 
-def _gram(F: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k eigenpairs of F^T F from the r x r Gram matrix F F^T (F may be a stack (n, r, d))."""
-    M = F @ np.swapaxes(F, -1, -2)
+def _gram(F: np.ndarray, k: int, dtype: Any = np.float64) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k eigenpairs of F^T F from the r x r Gram matrix F F^T, for F of shape (..., r, d).
+
+    Returns the eigenvalues (..., k) and the unit eigenvectors as rows (..., k, d): with
+    ``F F^T = U M U^T`` the eigenvector of ``mu_i > 0`` is ``F^T u_i / ||F^T u_i||`` (zero where
+    ``mu_i <= 0``). The two O(r^2 d) products are computed in ``dtype`` (float64, or float32 for
+    a float32 backend's gradients, see :func:`fisher_spectrum`'s ``precision``); the r x r
+    eigendecomposition and the normalisation are always float64.
+    """
+    Fc = F if F.dtype == dtype else F.astype(dtype)
+    M = (Fc @ np.swapaxes(Fc, -1, -2)).astype(np.float64, copy=False)
     mu, U = np.linalg.eigh((M + np.swapaxes(M, -1, -2)) / 2)
     mu, U = mu[..., ::-1][..., :k], U[..., ::-1][..., :k]
-    pos = mu > 0
-    V = (np.swapaxes(F, -1, -2) @ U) / np.sqrt(np.where(pos, mu, 1.0))[..., None, :]
-    V = np.where(pos[..., None, :], V, 0.0)
-    # re-normalise (the lift is exact in exact arithmetic; this removes rounding drift)
-    norms = np.linalg.norm(V, axis=-2, keepdims=True)
-    return mu, V / np.where(norms > 0, norms, 1.0)
+    Ut = np.ascontiguousarray(np.swapaxes(U, -1, -2), dtype=dtype)  # contiguous: numpy's stacked matmul is BLAS then
+    V = (Ut @ Fc).astype(np.float64, copy=False)
+    norms = np.sqrt(np.einsum("...kd,...kd->...k", V, V))
+    V /= np.where(norms > 0, norms, 1.0)[..., None]
+    V[mu <= 0] = 0.0
+    return mu, V
 
 
 def _dense(a: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -346,8 +368,12 @@ class _CountingOperator(LinearOperator):
         return self
 
 
-def _clip_rounding(w: np.ndarray, d: int, r: int) -> np.ndarray:
-    """Refuse a non-PSD spectrum, set rounding-size eigenvalues to exact 0 (``w`` of shape (n, m))."""
+def _clip_rounding(w: np.ndarray, d: int, r: int, eps: float = EPS64) -> np.ndarray:
+    """Refuse a non-PSD spectrum, set rounding-size eigenvalues to exact 0 (``w`` of shape (n, m)).
+
+    ``eps`` is the unit roundoff of the arithmetic that produced ``w``: eigenvalues within
+    ``ZERO_RTOL_FACTOR * max(d, r) * eps * lambda_max`` of zero are rounding (negative ones too).
+    """
     w = np.array(w, dtype=np.float64)
     if w.size == 0:
         return w
@@ -355,89 +381,133 @@ def _clip_rounding(w: np.ndarray, d: int, r: int) -> np.ndarray:
     if np.any(top < 0):
         raise ValueError(f"the operator has only negative eigenvalues (largest {float(top.min()):.3g}): it is not "
                          "a Fisher matrix (positive semi-definite)")
-    bad = w < -NEG_RTOL * top - np.finfo(float).tiny
+    band = ZERO_RTOL_FACTOR * max(d, r) * eps
+    bad = w < -max(NEG_RTOL, band) * top - np.finfo(float).tiny
     if np.any(bad):
         j = np.flatnonzero(bad.any(axis=-1))[0]
         raise ValueError(f"the operator has a significantly negative eigenvalue {float(w[j].min()):.3g} "
                          f"(largest {float(top[j, 0]):.3g}): it is not positive semi-definite")
-    w[np.abs(w) <= ZERO_RTOL_FACTOR * max(d, r) * np.finfo(np.float64).eps * top] = 0.0
+    w[np.abs(w) <= band * top] = 0.0
     return np.maximum(w, 0.0)
 
 
-def _finalize(w: np.ndarray, V: np.ndarray, k: int, d: int, r: int) -> tuple[np.ndarray, np.ndarray]:
-    """Clip rounding, pad with exact zeros past the rank, fix signs (one solver result, any order)."""
+def _finalize(w: np.ndarray, V: np.ndarray, k: int, d: int, r: int, pad: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Clip rounding, pad with exact zeros past the rank, fix signs (one solver result, any order;
+    ``V`` holds the eigenvectors as rows (m, d)); returns ``(k,)`` and rows ``(k, d)``."""
     w = np.asarray(w, dtype=np.float64)
     order = np.argsort(-w, kind="stable")
-    W, Vs = _finalize_batch(w[order][None], np.asarray(V, dtype=np.float64)[:, order][None],
-                            np.array([w.size]), k, d, r)
+    W, Vs = _finalize_batch(w[order][None], np.asarray(V, dtype=np.float64)[order][None],
+                            np.array([w.size]), k, d, r, pad=pad)
     return W[0], Vs[0]
 
 
-def _finalize_batch(mu: np.ndarray, V: np.ndarray, ranks: np.ndarray, k: int, d: int,
-                    r: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _finalize_batch(mu: np.ndarray, V: np.ndarray, ranks: np.ndarray, k: int, d: int, r: int | None = None, *,
+                    eps: float = EPS64, pad: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Clip rounding, pad with exact zeros past the rank, fix signs, for a stack of results:
-    ``mu`` (n, m) descending, ``V`` (n, d, m).
+    ``mu`` (n, m) descending, ``V`` (n, m, d) with the eigenvectors as rows.
 
     Eigenvalues past each input's rank bound are dropped, and so are the vectors of eigenvalues
-    that round to zero (solver noise): any orthonormal basis of part of the null space replaces
-    them, built for all inputs with the same number of kept eigenpairs in one batched step.
-    ``r`` scales the rounding threshold (default the largest rank). Returns ``(n, k)`` and
-    ``(n, d, k)``.
+    that round to zero (solver noise): with ``pad``, any orthonormal basis of part of the null
+    space replaces them (:func:`_null_completion`, written in place into the result), otherwise
+    their rows stay zero and are never written (``numpy.zeros`` pages that are not touched take no
+    memory). ``r`` scales the rounding threshold (default the largest rank), ``eps`` is the unit
+    roundoff of the arithmetic behind ``mu``. Returns ``(n, k)`` and ``(n, k, d)``.
     """
     n, m = mu.shape
-    w = mu.copy()
+    w = np.array(mu, dtype=np.float64)
     w[np.arange(m)[None, :] >= ranks[:, None]] = 0.0
-    w = _clip_rounding(w, d, int(ranks.max(initial=1)) if r is None else r)
+    w = _clip_rounding(w, d, int(ranks.max(initial=1)) if r is None else r, eps)
     W = np.zeros((n, k))
-    Vs = np.zeros((n, d, k))
+    Vs = np.zeros((n, k, d))
     n_keep = np.minimum((w > 0).sum(axis=1), k)  # mu is descending: kept eigenvalues are a prefix
     for nk in np.unique(n_keep):
         idx = np.flatnonzero(n_keep == nk)
+        if idx.size == n:  # one group (the usual case): write through views, no fancy-index copies
+            W[:, :nk] = w[:, :nk]
+            Vs[:, :nk] = V[:, :nk]
+            _fix_signs(Vs[:, :nk])
+            if pad and nk < k:
+                _fix_signs(_null_completion(Vs[:, :nk], d, k - nk, out=Vs[:, nk:]))
+            continue
         W[idx, :nk] = w[idx, :nk]
-        Vs[idx, :, :nk] = V[idx, :, :nk]
-        if nk < k:
-            Vs[idx, :, nk:] = _null_completion(V[idx, :, :nk], d, k - nk)
-    return W, _fix_signs(Vs)
+        Vs[idx, :nk] = _fix_signs(V[idx, :nk].copy())
+        if pad and nk < k:
+            Vs[idx, nk:] = _fix_signs(_null_completion(V[idx, :nk], d, k - nk))
+    return W, Vs
+
+
+#: Element count of the temporaries of the blocked in-place steps (null completion, sign fix).
+_BLOCK_ELEMS = 2**22
+#: Seed blocks up to this many elements are cached (larger ones are rebuilt: O(d) work each).
+_SEED_CACHE_ELEMS = 2**20
+
+
+def _null_seed_block(d: int, m: int, attempt: int = 0) -> np.ndarray:
+    """A fixed, seeded (m, d) block of orthonormal rows, the start of every null-space completion.
+
+    Row j is supported on its own random set of about d / m coordinates (a seeded permutation
+    dealt out in turn) with random signs, normalised: orthonormal by construction, so no QR of a
+    tall matrix and nothing of size d x m is kept beyond the cache of small blocks.
+    """
+    if d * m <= _SEED_CACHE_ELEMS:
+        return _cached_seed_block(d, m, attempt)
+    return _seed_block(d, m, attempt)
 
 
 @functools.lru_cache(maxsize=32)
-def _null_seed_block(d: int, m: int, attempt: int = 0) -> np.ndarray:
-    """A fixed, seeded orthonormal (d, m) block, the start of every null-space completion."""
-    Q, _ = np.linalg.qr(np.random.default_rng([0x5EED, d, attempt]).standard_normal((d, m)))
-    Q.setflags(write=False)
-    return Q
+def _cached_seed_block(d: int, m: int, attempt: int) -> np.ndarray:
+    R = _seed_block(d, m, attempt)
+    R.setflags(write=False)
+    return R
 
 
-def _null_completion(V: np.ndarray, d: int, m: int) -> np.ndarray:
-    """m orthonormal vectors orthogonal to the orthonormal columns of each ``V[j]`` (a fixed choice).
+def _seed_block(d: int, m: int, attempt: int) -> np.ndarray:
+    rng = np.random.default_rng([0x5EED, d, m, attempt])
+    perm = rng.permutation(d)
+    row = np.arange(d) % m  # coordinate perm[i] belongs to row i mod m
+    R = np.zeros((m, d))
+    R[row, perm] = rng.choice(np.array([-1.0, 1.0]), size=d) / np.sqrt(np.bincount(row, minlength=m)[row])
+    return R
 
-    ``V`` has shape (n, d, r); returns (n, d, m). A seeded block R is projected off span(V) and
-    orthonormalised by the m x m Gram matrix (Cholesky QR), twice (Kahan's rule): only matrix
-    products and m x m factorisations, so a batch costs O(n d m (r + m)) with no tall QR per input.
-    Where the projected block is (nearly) rank deficient - R almost inside span(V) - the next
-    seeded block is tried for those inputs.
+
+def _null_completion(V: np.ndarray, d: int, m: int, out: np.ndarray | None = None) -> np.ndarray:
+    """m orthonormal rows orthogonal to the orthonormal rows of each ``V[j]`` (a fixed choice).
+
+    ``V`` has shape (n, r, d); returns ``out`` of shape (n, m, d) (allocated if not given; it may
+    be a view into a larger array, written in place). With the seeded orthonormal block R
+    (:func:`_null_seed_block`) and ``A = V R^T``, the projection ``W = R - A^T V`` has Gram matrix
+    ``W W^T = I - A^T A`` exactly, so ``S^(-1/2) W`` with ``S = I - A^T A`` (an m x m
+    eigendecomposition) is orthonormal and orthogonal to V: matrix products and m x m
+    factorisations only, O(n d m (r + m)), computed in blocks of columns so that nothing of the
+    size of the result is allocated besides it. Where ``W`` is (nearly) rank deficient - R almost
+    inside span(V) - the next seeded block is tried for those inputs.
     """
-    n, r = V.shape[0], V.shape[-1]
+    n, r = V.shape[0], V.shape[1]
+    if out is None:
+        out = np.empty((n, m, d))
     if m == 0:
-        return np.zeros((n, d, 0))
+        return out
     if r + m > d:
         raise ValueError(f"cannot complete {r} vectors with {m} more orthonormal ones in dimension {d}")
-    out = np.empty((n, d, m))
     todo = np.arange(n)
     for attempt in range(8):
-        Vt = V[todo]
-        R = np.broadcast_to(_null_seed_block(d, m, attempt), (todo.size, d, m))
-        good = np.ones(todo.size, dtype=bool)
-        for _ in range(2):
-            if r:
-                R = R - Vt @ (np.swapaxes(Vt, -1, -2) @ R)
-            S = np.swapaxes(R, -1, -2) @ R
-            # R (R^T R)^(-1/2) by the m x m eigendecomposition: orthonormal, span unchanged
-            lam, E = np.linalg.eigh((S + np.swapaxes(S, -1, -2)) / 2)
-            good &= lam.min(axis=-1) > 1e-6  # R has unit columns: below this, too close to span(V)
-            lam = np.where(lam > 0, lam, 1.0)
-            R = R @ (E / np.sqrt(lam)[..., None, :]) @ np.swapaxes(E, -1, -2)
-        out[todo[good]] = R[good]
+        R = _null_seed_block(d, m, attempt)
+        Vt = V if todo.size == n else V[todo]
+        At = np.matmul(R, np.swapaxes(Vt, -1, -2))  # A^T = R V^T, (t, m, r), contiguous
+        A = np.ascontiguousarray(np.swapaxes(At, -1, -2))
+        lam, E = np.linalg.eigh(np.eye(m) - At @ A)
+        good = lam.min(axis=-1) > 1e-6  # R has unit rows: below this, too close to span(V)
+        T = (E / np.sqrt(np.where(lam > 0, lam, 1.0))[..., None, :]) @ np.ascontiguousarray(np.swapaxes(E, -1, -2))
+        step = max(1, _BLOCK_ELEMS // max(1, todo.size * m))
+        whole = bool(good.all()) and todo.size == n
+        for c in range(0, d, step):
+            blk = slice(c, min(c + step, d))
+            Wb = At @ Vt[:, :, blk]  # (t, m, block); in place from here (fresh pages cost page faults)
+            np.subtract(R[:, blk], Wb, out=Wb)
+            if whole:
+                np.matmul(T, Wb, out=out[:, :, blk])
+            else:
+                out[todo[good], :, blk] = (T @ Wb)[good]
         todo = todo[~good]
         if not todo.size:
             return out
@@ -445,13 +515,24 @@ def _null_completion(V: np.ndarray, d: int, m: int) -> np.ndarray:
 
 
 def _fix_signs(V: np.ndarray) -> np.ndarray:
-    """Flip each column (of a (d, k) matrix or a (n, d, k) stack) so its largest-magnitude entry is positive."""
+    """Flip each row of ``V`` (..., k, d) in place so that its largest-magnitude entry is positive;
+    returns ``V`` (blocked over the leading rows for large arrays)."""
     if V.size == 0:
         return V
-    idx = np.argmax(np.abs(V), axis=-2)[..., None, :]
-    s = np.sign(np.take_along_axis(V, idx, axis=-2))
+    if V.size > _BLOCK_ELEMS and V.ndim > 2:
+        for j in range(V.shape[0]):
+            _fix_signs(V[j])
+        return V
+    if V.size > _BLOCK_ELEMS and V.ndim == 2 and V.shape[0] > 1:
+        step = max(1, _BLOCK_ELEMS // V.shape[1])
+        for c in range(0, V.shape[0], step):
+            _fix_signs(V[c:c + step][None])
+        return V
+    idx = np.argmax(np.abs(V), axis=-1)[..., None]
+    s = np.sign(np.take_along_axis(V, idx, axis=-1))
     s[s == 0] = 1.0
-    return V * s
+    V *= s
+    return V
 
 
 # ---------------------------------------------------------------------------------------------
@@ -494,7 +575,8 @@ def matrix_free_tol(backend: Any) -> float:
 
 def fisher_spectrum(x: Any, backend: Any, k: int = 20, *, method: str = "auto", operator: str = "auto",
                     n_samples: int | None = None, tol: float | None = None, maxiter: int | None = None,
-                    rng: None | int | np.random.Generator = None, return_info: bool = False):
+                    rng: None | int | np.random.Generator = None, precision: str = "float64",
+                    pad_null_space: bool = True, return_info: bool = False):
     """Top-k eigenpairs of the input Fisher information at each input of a batch.
 
     Parameters
@@ -520,6 +602,21 @@ def fisher_spectrum(x: Any, backend: Any, k: int = 20, *, method: str = "auto", 
         :func:`matrix_free_tol` (8 eps of the backend's precision for a float32 backend).
     rng : None, int or numpy.random.Generator
         Randomness of the draws and of the iterative solvers' start vectors.
+    precision : {"float64", "float32"}
+        Arithmetic of the exact Gram method's two O(C^2 d) products (``F F^T`` and the lift
+        ``F^T U``; the C x C eigendecomposition is float64 either way). ``"float64"`` (default) is
+        the reference. ``"float32"`` halves their time and memory and is exact to float32
+        precision for a float32 backend, whose gradients carry that rounding already: the
+        eigenvalues agree with the float64 ones to about ``sqrt(d) eps32 lambda_1``, and
+        eigenvalues below ``4 d eps32 lambda_1`` (which float32 cannot resolve) are returned as
+        0; use float64 where small eigenvalues matter (their logarithms, as detection features).
+        Unused by the other methods (they compute in float64).
+    pad_null_space : bool
+        Eigenvalues past rank(G) <= C - 1 are exact zeros. With True (default) their vectors
+        ``V[j, i]`` are orthonormal vectors of the null space (a fixed, seeded choice), computed in
+        place in the result: the padding costs ``n (k - rank) d`` float64 of memory and about as
+        many operations times the rank. With False they are zero vectors that are never written
+        (``k`` far above the rank on a large input then costs memory only for the nonzero pairs).
     return_info : bool
         Also return a :class:`SpectrumInfo` (with per-input iteration counts).
 
@@ -535,31 +632,59 @@ def fisher_spectrum(x: Any, backend: Any, k: int = 20, *, method: str = "auto", 
 
     Notes
     -----
+    The exact Gram method makes one class-gradient call per chunk of inputs (under 512 MB of
+    gradients) and batches everything else over the chunk: the C x C eigendecompositions, the
+    lifts, the rank bounds, the null-space padding and the sign convention.
+
     The order ``fisher_spectrum(backend, x)`` of earlier releases still works (a backend is never
     an array) and issues a FutureWarning.
     """
     x, backend = public_order(x, backend, "fisher_spectrum")
     b = as_backend(backend)
     xb, single = b.as_batch(x)
+    W, Vs, info, _ = batch_spectra(b, xb, k, method=method, operator=operator, n_samples=n_samples, tol=tol,
+                                   maxiter=maxiter, rng=rng, precision=precision, pad_null_space=pad_null_space)
+    Vs = Vs.reshape((xb.shape[0], W.shape[1]) + b.input_shape)
+    if single:
+        W, Vs = W[0], Vs[0]
+    return (W, Vs, info) if return_info else (W, Vs)
+
+
+PRECISIONS = ("float64", "float32")
+
+
+def batch_spectra(b: Any, xb: np.ndarray, k: Any, *, method: str = "auto", operator: str = "auto",
+                  n_samples: int | None = None, tol: float | None = None, maxiter: int | None = None,
+                  rng: Any = None, precision: str = "float64", pad_null_space: bool = True):
+    """:func:`fisher_spectrum` on a batch ``xb`` already validated by the backend ``b``.
+
+    Returns ``(w (n, k), V (n, k, d), info, probs (n, C))``: ``probs`` are the class probabilities
+    at ``xb`` that the eigensolve computed on its way (the attacks use them instead of another
+    forward pass).
+    """
     method = check_method(method, METHODS)
     operator = check_method(operator, OPERATORS, "operator")
-    rng = check_rng(rng)
+    precision = check_method(precision, PRECISIONS, "precision")
+    pad = _check_pad(pad_null_space)
+    rng = None if rng is None else check_rng(rng)  # None: each solver draws its own (no entropy call here)
     n, d = xb.shape[0], math.prod(b.input_shape)
     k = check_k(k, d)
     if b.n_classes is None:
         b.probabilities(xb[:1])
     operator, method, reason = _resolve_method(b, d, k, operator, method)
+    if precision == "float32" and method != "gram":
+        raise ValueError(f"precision='float32' is an option of the Gram method, not of method={method!r}")
     if operator == "exact" and method == "gram":
-        W, Vs, n_iter, n_prod, ranks = _gram_spectra(b, xb, k)
+        W, Vs, ranks, P = _gram_spectra(b, xb, k, np.dtype(precision), pad)
+        n_iter = n_prod = np.zeros(n, dtype=np.int64)
     else:
-        W, Vs, n_iter, n_prod, ranks = _operator_spectra(b, xb, k, operator, method, n_samples, tol, maxiter, rng)
-    Vs = Vs.reshape((n, k) + b.input_shape)
+        W, Vs, n_iter, n_prod, ranks, P = _operator_spectra(b, xb, k, operator, method, n_samples, tol, maxiter,
+                                                            rng, pad)
     info = SpectrumInfo(method=method, operator=operator, reason=reason, n_iter=n_iter, n_products=n_prod,
                         rank_bound=ranks, extra={"n_samples": (n_samples or default_n_samples(b.n_classes))
-                                                  if operator == "sampled" else None})
-    if single:
-        W, Vs = W[0], Vs[0]
-    return (W, Vs, info) if return_info else (W, Vs)
+                                                  if operator == "sampled" else None,
+                                                  "precision": precision, "pad_null_space": pad})
+    return W, Vs, info, P
 
 
 def _resolve_method(b: Any, d: int, k: int, operator: str, method: str) -> tuple[str, str, str]:
@@ -581,27 +706,31 @@ def _resolve_method(b: Any, d: int, k: int, operator: str, method: str) -> tuple
     return operator, method, reason
 
 
-def _gram_spectra(b: Any, xb: np.ndarray, k: int):
-    """Batched exact Gram method: one class-gradient call per chunk, batched C x C eigendecompositions."""
+def _gram_spectra(b: Any, xb: np.ndarray, k: int, dtype: np.dtype, pad: bool):
+    """Batched exact Gram method: one class-gradient call per chunk of inputs, everything else
+    batched over the chunk. Returns ``(w (n, k), V (n, k, d), rank bounds (n,), probs (n, C))``."""
     n, C, d = xb.shape[0], b.n_classes, math.prod(b.input_shape)
-    W, Vs = np.zeros((n, k)), np.zeros((n, k, d))
-    ranks = np.zeros(n, dtype=np.int64)
     chunk = max(1, int(GRAM_MEMORY_BYTES // (8 * C * d)))
+    parts = []
     for s in range(0, n, chunk):
         p, g = b.class_gradients(xb[s:s + chunk])
         g = g.reshape(p.shape[0], C, d)
-        F = np.sqrt(p)[:, :, None] * g
-        mu, V = _gram(F, min(k, C, d))
-        r = np.array([_rank_bound(p[j], g[j]) for j in range(p.shape[0])], dtype=np.int64)
-        w, Vj = _finalize_batch(mu, V, r, k, d)
-        W[s:s + p.shape[0]], Vs[s:s + p.shape[0]], ranks[s:s + p.shape[0]] = w, np.swapaxes(Vj, 1, 2), r
-    return W, Vs, np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64), ranks
+        mu, V = _gram(np.sqrt(p)[:, :, None] * g, min(k, C, d), dtype)
+        r = rank_bounds(p, g)
+        del g
+        w, Vj = _finalize_batch(mu, V, r, k, d, eps=float(np.finfo(dtype).eps), pad=pad)
+        parts.append((w, Vj, r, p))
+    if len(parts) == 1:
+        return parts[0]
+    return tuple(np.concatenate(a) for a in zip(*parts))
 
 
-def _operator_spectra(b: Any, xb: np.ndarray, k: int, operator: str, method: str, n_samples, tol, maxiter, rng):
+def _operator_spectra(b: Any, xb: np.ndarray, k: int, operator: str, method: str, n_samples, tol, maxiter, rng,
+                      pad: bool):
     """One operator and one :func:`top_eigenpairs` per input (exact, sampled or matrix-free)."""
     n, d = xb.shape[0], math.prod(b.input_shape)
     W, Vs = np.zeros((n, k)), np.zeros((n, k, d))
+    P = np.empty((n, b.n_classes))
     n_iter, n_prod, ranks = (np.zeros(n, dtype=np.int64) for _ in range(3))
     if tol is None and operator == "matrix-free" and method == "lanczos":
         tol = matrix_free_tol(b)
@@ -612,7 +741,8 @@ def _operator_spectra(b: Any, xb: np.ndarray, k: int, operator: str, method: str
             op = SampledFisherOperator.from_backend(xb[j], b, n_samples, rng=rng)
         else:
             op = MatrixFreeFisherOperator(xb[j], b)
-        w, V, inf = top_eigenpairs(op, k, method=method, tol=tol, maxiter=maxiter, rng=rng, return_info=True)
-        W[j], Vs[j] = w, V.T
+        w, V, inf = top_eigenpairs(op, k, method=method, tol=tol, maxiter=maxiter, rng=rng,
+                                   pad_null_space=pad, return_info=True)
+        W[j], Vs[j], P[j] = w, V.T, op.probs
         n_iter[j], n_prod[j], ranks[j] = inf.n_iter, inf.n_products, inf.rank_bound
-    return W, Vs, n_iter, n_prod, ranks
+    return W, Vs, n_iter, n_prod, ranks, P

@@ -230,13 +230,15 @@ def test_null_completion_is_orthonormal_even_when_the_seed_lies_in_span_v(d, r, 
     from fisher_ref._spectrum import _null_completion, _null_seed_block
 
     rng = np.random.default_rng(d)
-    V = np.stack([np.linalg.qr(rng.standard_normal((d, r)))[0] for _ in range(4)])
+    V = np.stack([np.linalg.qr(rng.standard_normal((d, r)))[0].T for _ in range(4)])  # orthonormal rows
     # the worst case for the seeded start: it lies inside span(V) of the first input
-    V[0, :, :min(r, m)] = _null_seed_block(d, m)[:, :min(r, m)]
-    V[0] = np.linalg.qr(V[0])[0]
+    V[0, :min(r, m)] = _null_seed_block(d, m)[:min(r, m)]
+    V[0] = np.linalg.qr(V[0].T)[0].T
+    seed = _null_seed_block(d, m)
+    np.testing.assert_allclose(seed @ seed.T, np.eye(m), atol=1e-15)  # orthonormal by construction
     N = _null_completion(V, d, m)
     for j in range(4):
-        Q = np.concatenate([V[j], N[j]], axis=1)
-        np.testing.assert_allclose(Q.T @ Q, np.eye(r + m), atol=1e-12)
+        Q = np.concatenate([V[j], N[j]], axis=0)
+        np.testing.assert_allclose(Q @ Q.T, np.eye(r + m), atol=1e-12)
     with pytest.raises(ValueError, match="cannot complete"):
         _null_completion(V, d, d - r + 1)
