@@ -91,26 +91,57 @@ class IterativeAttackResult(AttackResult):
     success_history: np.ndarray = None  # type: ignore[assignment]
 
 
-@dataclass(frozen=True)
 class Prepared:
-    """An attack's validated inputs: the backend, the batch, the bounds, p(x) and the labels."""
+    """An attack's validated inputs: the backend, the batch, the bounds, the labels and p(x).
 
-    backend: Backend
-    x: np.ndarray  # (n, *input_shape), float64
-    single: bool  # the caller gave one input (results drop the batch axis)
-    bounds: tuple[float, float] | None
-    probs: np.ndarray  # (n, C) at x
-    labels: np.ndarray  # (n,) attacked labels
+    ``probs`` (p(x), shape (n, C)) is computed by one forward pass on first use, unless a
+    gradient call at ``x`` has already returned it (:meth:`learn`: the Jacobian of OSSA's
+    eigensolve and the loss gradient of FGM / OTCM give it for free). ``labels`` default to the
+    predictions ``argmax p(x)``.
+    """
+
+    __slots__ = ("backend", "x", "single", "bounds", "_labels", "_probs")
+
+    def __init__(self, backend: Backend, x: np.ndarray, single: bool, bounds: tuple[float, float] | None,
+                 labels: np.ndarray | None = None, probs: np.ndarray | None = None):
+        self.backend, self.x, self.single, self.bounds = backend, x, single, bounds
+        self._labels, self._probs = labels, probs
+
+    @property
+    def probs(self) -> np.ndarray:
+        if self._probs is None:
+            self._probs = self.backend.probabilities(self.x)
+        return self._probs
+
+    @property
+    def labels(self) -> np.ndarray:
+        if self._labels is None:
+            self._labels = self.probs.argmax(axis=1)
+        return self._labels
+
+    @property
+    def knows_probs(self) -> bool:
+        return self._probs is not None
+
+    def learn(self, probs: np.ndarray) -> None:
+        """Keep p(x) that a gradient call at ``x`` returned (no forward pass needed for it later)."""
+        if self._probs is None:
+            self._probs = probs
 
 
 def prepare(x: Any, backend: Any, labels: Any, bounds: Any) -> Prepared:
-    """Validate an attack's inputs once: backend, batch, bounds (x inside), labels (default: predictions)."""
+    """Validate an attack's inputs once: backend, batch, bounds (x inside), labels (default: predictions).
+
+    No forward pass over the batch: p(x) waits for its first use (see :class:`Prepared`).
+    """
     b = as_backend(backend)
     xb, single = b.as_batch(x)
     bnds = check_bounds(bounds, xb)
-    p = b.probabilities(xb)
-    y = p.argmax(axis=1) if labels is None else check_labels(labels, xb.shape[0], p.shape[1])
-    return Prepared(b, xb, single, bnds, p, y)
+    if labels is None:
+        return Prepared(b, xb, single, bnds)
+    if b.n_classes is None:
+        b.probabilities(xb[:1])  # the number of classes, to check the labels against
+    return Prepared(b, xb, single, bnds, labels=check_labels(labels, xb.shape[0], b.n_classes))
 
 
 def clip(x: np.ndarray, bounds: tuple[float, float] | None) -> np.ndarray:
@@ -142,15 +173,29 @@ def loss(p: np.ndarray, y: np.ndarray) -> np.ndarray:
     return -np.log(np.maximum(p[np.arange(p.shape[0]), y], np.finfo(np.float64).tiny))
 
 
-def predictions(b: Backend, x: np.ndarray) -> np.ndarray:
-    return b.probabilities(x).argmax(axis=1)
+def predictions(b: Backend, x: np.ndarray, known: np.ndarray | None = None) -> np.ndarray:
+    """The model's predictions at ``x`` (n,): ``known`` ones (>= 0) are kept, one forward pass
+    (over the rest only) gives the others."""
+    if known is None:
+        return b.probabilities(x).argmax(axis=1)
+    todo = np.flatnonzero(known < 0)
+    out = known.copy()
+    if todo.size:
+        out[todo] = b.probabilities(x[todo]).argmax(axis=1)
+    return out
 
 
-def finish(cls: type, prep: Prepared, eta: np.ndarray, epsilon: float, **extra) -> AttackResult:
-    """The result of perturbing ``prep.x`` by ``eta``: clip, predict, drop the batch axis of one input."""
-    raw = prep.x + eta
-    adv = clip(raw, prep.bounds)
-    pred = predictions(prep.backend, adv)
+def finish(cls: type, prep: Prepared, eta: np.ndarray, epsilon: float, *, pred: np.ndarray | None = None,
+           adv: np.ndarray | None = None, **extra) -> AttackResult:
+    """The result of perturbing ``prep.x`` by ``eta``: clip, predict, drop the batch axis of one input.
+
+    ``pred`` gives the predictions already known at the result (-1 where not: one forward pass
+    over those); ``adv`` is the adversarial input itself when the attack produced it (an
+    iterate), else ``clip(x + eta)``.
+    """
+    raw = prep.x + eta if adv is None else adv
+    adv = clip(raw, prep.bounds) if adv is None else adv
+    pred = predictions(prep.backend, adv, pred)
     fields = dict(x_adv=adv, x_adv_raw=raw, eta=eta, success=pred != prep.labels, labels=prep.labels,
                   predictions=pred)
     fields.update(extra)

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from .._spectrum import fisher_spectrum
+from .._spectrum import batch_spectra, fisher_spectrum
 from .._validation import as_float_array, check_labels, check_rng, shape_str
 from ._base import AttackResult, DegenerateSpectrumWarning, OSSAResult, Prepared, loss, per_input, prepare, unit
 
@@ -91,18 +91,30 @@ def otcm_direction(x: Any, backend: Any, *, targets: Any = None, labels: Any = N
 # the sign rule (Algorithm 1, line 8)
 
 
-def ossa_signs(prep: Prepared, v: np.ndarray, eps: np.ndarray, idx: np.ndarray) -> np.ndarray:
+class SignTest(NamedTuple):
+    """What Algorithm 1's sign test computed: the signs, the point it evaluated and p there."""
+
+    signs: np.ndarray  # (m,) +1 or -1
+    moved: np.ndarray  # (m, *input_shape) the unclipped x + eps v
+    probs: np.ndarray  # (m, C) p(x + eps v)
+
+
+def ossa_signs(prep: Prepared, v: np.ndarray, eps: np.ndarray, idx: np.ndarray) -> SignTest:
     """+1 where ``J(x + eps v) > J(x)``, else -1 (Algorithm 1, line 8), for the inputs ``idx``.
 
     ``J = -log p_label``, compared at the unclipped ``x + eps v`` as in the algorithm; one forward
-    pass for the inputs ``idx``. Only the ``+v`` side is evaluated (v is the eigenvector whose
+    pass for the inputs ``idx`` (``J(x)`` comes from ``prep.probs``, which the eigensolve's
+    Jacobian has already given). Only the ``+v`` side is evaluated (v is the eigenvector whose
     largest-magnitude entry is positive): where the loss rises in both directions ``+v`` is kept,
-    where it rises in neither ``-v`` is taken, so the result is deterministic.
+    where it rises in neither ``-v`` is taken, so the result is deterministic. Returns the signs
+    with the point and the probabilities of that forward pass (:func:`_ossa_unit` reuses them as
+    the prediction where the point needs no clipping).
     """
     b, y = prep.backend, prep.labels[idx]
     moved = prep.x[idx] + per_input(eps, prep.x.ndim) * v[idx]
-    flip = loss(b.probabilities(moved), y) <= loss(prep.probs[idx], y)
-    return np.where(flip, -1.0, 1.0)
+    p = b.probabilities(moved)
+    flip = loss(p, y) <= loss(prep.probs[idx], y)
+    return SignTest(np.where(flip, -1.0, 1.0), moved, p)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -115,14 +127,16 @@ class OneStepAttack:
 
     ``compute(prep, options)`` returns the direction (popping the options it uses from the dict);
     ``accept(given, prep)`` validates a direction passed by the caller; ``unit(prep, d, eps, idx)``
-    gives the signed unit perturbation directions ``(len(idx), *input_shape)`` at budgets ``eps``;
-    the attack's result is ``result`` with the fields ``extras(d, u)`` beside the common ones.
+    gives the signed unit perturbation directions ``u`` of shape ``(len(idx), *input_shape)`` at
+    budgets ``eps``, with the predictions at ``clip(x + eps u)`` where they are already known
+    (-1 elsewhere); the attack's result is ``result`` with the fields ``extras(d, u)`` beside the
+    common ones.
     """
 
     name: str
     compute: Callable[[Prepared, dict], Any]
     accept: Callable[[Any, Prepared], Any]
-    unit: Callable[[Prepared, Any, np.ndarray, np.ndarray], np.ndarray]
+    unit: Callable[[Prepared, Any, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
     result: type = AttackResult
     extras: Callable[[Any, np.ndarray], dict] = lambda d, u: {}
 
@@ -132,9 +146,10 @@ class OneStepAttack:
 
 
 def _ossa_compute(prep: Prepared, options: dict) -> tuple[np.ndarray, np.ndarray]:
-    spec = fisher_spectrum(prep.x, prep.backend, k=1, method=options.pop("method", "auto"),
-                           operator=options.pop("operator", "auto"), rng=options.pop("rng", None))
-    return _top_pair(spec)
+    w, V, _, p = batch_spectra(prep.backend, prep.x, 1, method=options.pop("method", "auto"),
+                               operator=options.pop("operator", "auto"), rng=options.pop("rng", None))
+    prep.learn(p)  # p(x) from the eigensolve's own forward pass: the sign test needs J(x)
+    return _top_pair((w, V.reshape(prep.x.shape[:1] + (1,) + prep.x.shape[1:])))
 
 
 def _ossa_accept(given: Any, prep: Prepared) -> tuple[np.ndarray, np.ndarray]:
@@ -159,24 +174,38 @@ def _ossa_accept(given: Any, prep: Prepared) -> tuple[np.ndarray, np.ndarray]:
     return _top_pair((w[:, None], V[:, None]))
 
 
-def _ossa_unit(prep: Prepared, d: tuple, eps: np.ndarray, idx: np.ndarray) -> np.ndarray:
+def _ossa_unit(prep: Prepared, d: tuple, eps: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Signed OSSA directions at budgets ``eps``; where the sign is +1 and ``x + eps v`` lies
+    inside the bounds, the sign test's forward pass was at the adversarial input itself (the
+    same bits: clipping changes nothing), so its prediction is the result's."""
     v = d[1]
-    return per_input(ossa_signs(prep, v, eps, idx), v.ndim) * v[idx]
+    test = ossa_signs(prep, v, eps, idx)
+    u = per_input(test.signs, v.ndim) * v[idx]
+    reuse = test.signs > 0
+    if prep.bounds is not None:
+        lo, hi = prep.bounds
+        axes = tuple(range(1, v.ndim))
+        reuse &= np.all(test.moved >= lo, axis=axes) & np.all(test.moved <= hi, axis=axes)
+    pred = np.full(idx.size, -1, dtype=np.int64)
+    pred[reuse] = test.probs[reuse].argmax(axis=1)
+    return u, pred
 
 
 def _fgm(prep: Prepared) -> np.ndarray:
-    _, g = prep.backend.loss_gradient(prep.x, prep.labels)
+    p, g = prep.backend.loss_gradient(prep.x, prep.labels)
+    prep.learn(p)
     return unit(g, "the loss gradient")
 
 
 def _otcm(prep: Prepared, targets: np.ndarray) -> np.ndarray:
-    _, g = prep.backend.loss_gradient(prep.x, targets)
+    p, g = prep.backend.loss_gradient(prep.x, targets)
+    prep.learn(p)
     return -unit(g, "the target-class gradient")
 
 
 def _targets(prep: Prepared, targets: Any, rng: Any) -> np.ndarray:
     """OTCM's targets: given (checked to differ from the labels), or drawn from the incorrect classes."""
-    y, C = prep.labels, prep.probs.shape[1]
+    y, C = prep.labels, prep.backend.n_classes
     if targets is None:
         t = check_rng(rng).integers(0, C - 1, size=y.shape[0])
         return t + (t >= y)  # uniform over the incorrect classes
@@ -199,8 +228,8 @@ def _given_unit(name: str) -> Callable[[Any, Prepared], np.ndarray]:
     return accept
 
 
-def _fixed_unit(prep: Prepared, u: np.ndarray, eps: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    return u[idx]
+def _fixed_unit(prep: Prepared, u: np.ndarray, eps: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return u[idx], np.full(idx.size, -1, dtype=np.int64)
 
 
 def _otcm_compute(prep: Prepared, options: dict) -> np.ndarray:

@@ -15,7 +15,14 @@ __all__ = ["ossa", "fgm", "otcm"]
 
 def _one_step(name: str, x: Any, backend: Any, epsilon: Any, labels: Any, bounds: Any, direction: Any,
               options: dict) -> AttackResult | list[AttackResult]:
-    """The common body of the one-step attacks: prepare, one direction, one perturbation per epsilon."""
+    """The common body of the one-step attacks: prepare, one direction, one perturbation per epsilon.
+
+    Backend calls: the direction (OSSA: the eigensolve, whose Jacobian also gives p(x); FGM and
+    OTCM: one loss gradient, after one forward pass for the labels when none are given), then per
+    epsilon one forward pass at the adversarial inputs - for OSSA first the sign test at the
+    unclipped ``x + eps v``, whose forward pass is the prediction itself where the sign is +1 and
+    the point lies inside the bounds, so that only the other inputs are evaluated again.
+    """
     attack = ONE_STEP[name]
     prep = prepare(x, backend, labels, bounds)
     check_epsilon(epsilon)
@@ -23,8 +30,8 @@ def _one_step(name: str, x: Any, backend: Any, epsilon: Any, labels: Any, bounds
     idx = np.arange(prep.x.shape[0])
 
     def make(e: float) -> AttackResult:
-        u = attack.unit(prep, d, np.full(idx.size, e), idx)
-        return finish(attack.result, prep, e * u, e, **attack.extras(d, u))
+        u, pred = attack.unit(prep, d, np.full(idx.size, e), idx)
+        return finish(attack.result, prep, e * u, e, pred=pred, **attack.extras(d, u))
 
     return per_epsilon(make, epsilon)
 

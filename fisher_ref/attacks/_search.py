@@ -30,12 +30,12 @@ def least_perturbation(x: Any, backend: Any = None, attack: str | Callable = "os
     x : array-like of shape input_shape or (n, *input_shape)
     backend : Backend, callable, torch.nn.Module or ONNX model
     attack : {"ossa", "fgm", "otcm", "bim", "iterative_ossa"}, one of those functions, or a callable
-        For the one-step attacks the direction (eigenvector, gradient) is computed once, or taken
-        from ``direction``, and every budget tried costs one forward pass for the inputs still
-        searched (two for OSSA: Algorithm 1's sign test at ``x + e v``, then the prediction).
-        Another callable is called as ``attack(x, backend, epsilon=e, labels=y, bounds=bounds,
-        **attack_kwargs)`` with scalar ``e`` on the inputs still being searched, and must return
-        an object with a boolean ``success`` array (an :class:`~fisher_ref.AttackResult`).
+        For the one-step attacks the direction (eigenvector, gradient) is computed once for the
+        batch, or taken from ``direction``, and then only forward passes are made (see Notes for
+        how many). Another callable is called as ``attack(x, backend, epsilon=e, labels=y,
+        bounds=bounds, **attack_kwargs)`` with scalar ``e`` on the inputs still being searched,
+        and must return an object with a boolean ``success`` array (an
+        :class:`~fisher_ref.AttackResult`).
     labels : array-like of int, optional
         Default: the model's predictions at x.
     lo, hi : float
@@ -57,8 +57,8 @@ def least_perturbation(x: Any, backend: Any = None, attack: str | Callable = "os
     return_result : bool
         Also return the adversarial examples at the budgets found, as an
         :class:`~fisher_ref.AttackResult` (``epsilon`` nan; ``eta`` zero where nothing was
-        found or ``lo`` already fools). One more forward pass for one-step attacks; another
-        run of the attack per distinct budget for the others.
+        found or ``lo = 0`` already fools). No backend call for one-step attacks (the search
+        evaluated them); another run of the attack per distinct budget for the others.
     **attack_kwargs
         Further options of the attack (``method``, ``operator`` for OSSA, ``targets`` for OTCM,
         ``n_steps``, ``step_size`` for the iterative ones, anything for a callable).
@@ -81,6 +81,20 @@ def least_perturbation(x: Any, backend: Any = None, attack: str | Callable = "os
     returned always fools the model (it was evaluated); between two grid points success is still
     assumed monotone, so it may not be the least such value.
 
+    Cost of a one-step attack over N inputs: one direction for the batch (OSSA: one batched
+    Jacobian, or the matrix-free eigensolves, which also give p(x); FGM / OTCM: one batched loss
+    gradient, after one forward pass for the labels when none are given), nothing for ``lo = 0``
+    (the prediction at x is known), then per budget tried one batched forward pass over the
+    inputs still searched: one forward pass per input and budget for FGM and OTCM. OSSA's sign
+    test (Algorithm 1, line 8) evaluates the loss at the unclipped ``x + e v``; where the sign is
+    +1 and that point lies inside the bounds it is the adversarial example itself, so that
+    forward pass is the success test too (one per input and budget: always so with
+    ``bounds=None`` and a loss that rises along +v); elsewhere (the sign is -1, or clipping moves
+    the point) a second forward pass, over those inputs only, predicts at the clipped or flipped
+    point - at most two per input and budget, as many as Algorithm 1 needs there. The budgets
+    tried per input are the grid points up to its first success (all ``n_scan`` where none
+    fools) and ``ceil(log2((hi - lo) / (n_scan tol)))`` bisection steps.
+
     The order ``least_perturbation(attack, x, backend)`` of earlier releases still works and
     issues a FutureWarning.
     """
@@ -93,12 +107,18 @@ def least_perturbation(x: Any, backend: Any = None, attack: str | Callable = "os
     prep = prepare(x, backend, labels, bounds)
     fools, perturb, one_step = _success_test(attack, prep, bounds, rng, direction, attack_kwargs)
     m = check_int((N_SCAN_ONE_STEP if one_step else N_SCAN_OTHER) if n_scan is None else n_scan, "n_scan", min_val=1)
-    least = _search(fools, prep, lo, hi, tol, m)
+    least, found = _search(fools, prep, lo, hi, tol, m)
     out = float(least[0]) if prep.single else least
     if not return_result:
         return out
-    eta = np.zeros_like(prep.x)
     sel = np.flatnonzero(np.isfinite(least) & (least > 0))
+    if perturb is None:  # one-step: the examples were evaluated at the budgets found
+        eta = np.zeros_like(prep.x) if found.eta is None else found.eta
+        pred = prep.probs.argmax(axis=1)  # where eta = 0 the example is x itself
+        if sel.size:
+            pred[sel] = found.pred[sel]
+        return out, finish(AttackResult, prep, eta, np.nan, pred=pred)
+    eta = np.zeros_like(prep.x)
     if sel.size:
         eta[sel] = perturb(least[sel], sel)
     return out, finish(AttackResult, prep, eta, np.nan)
@@ -130,8 +150,10 @@ def _resolve(attack: Any) -> tuple[str | None, Callable]:
 
 
 def _success_test(attack: Any, prep: Prepared, bounds: Any, rng: Any, direction: Any, options: dict):
-    """``(fools, perturb, one_step)`` for the attack: ``fools(eps (m,), idx (m,)) -> bool (m,)`` and
-    ``perturb(eps (m,), idx (m,)) -> eta (m, *input_shape)``, for the inputs ``idx`` at budgets ``eps``."""
+    """``(fools, perturb, one_step)`` for the attack: ``fools(eps (m,), idx (m,)) -> (bool (m,), found)``
+    and ``perturb(eps (m,), idx (m,)) -> eta (m, *input_shape)``, for the inputs ``idx`` at budgets
+    ``eps``. ``found`` is ``(eta, predictions)`` at those budgets for a one-step attack (the search
+    keeps them at the least budgets: ``return_result`` then needs no more backend calls), else None."""
     name, fn = _resolve(attack)
     if name in ONE_STEP:
         one = ONE_STEP[name]
@@ -141,12 +163,12 @@ def _success_test(attack: Any, prep: Prepared, bounds: Any, rng: Any, direction:
         if opts:
             raise TypeError(f"unexpected arguments for {name}: {sorted(opts)}")
 
-        def perturb(e, idx):
-            return per_input(e, prep.x.ndim) * one.unit(prep, d, e, idx)
-
         def fools(e, idx):
-            return predictions(prep.backend, clip(prep.x[idx] + perturb(e, idx), prep.bounds)) != prep.labels[idx]
-        return fools, perturb, True
+            u, known = one.unit(prep, d, e, idx)
+            eta = per_input(e, prep.x.ndim) * u
+            pred = predictions(prep.backend, clip(prep.x[idx] + eta, prep.bounds), known)
+            return pred != prep.labels[idx], (eta, pred)
+        return fools, None, True
     if direction is not None:
         raise TypeError(f"direction= applies to the one-step attacks {sorted(ONE_STEP)}, not to {attack!r}")
 
@@ -161,7 +183,7 @@ def _success_test(attack: Any, prep: Prepared, bounds: Any, rng: Any, direction:
                 out = np.zeros((idx.size,) + got.shape[1:], dtype=got.dtype)
             out[sel] = got
         return out
-    return (lambda e, idx: run(e, idx, "success")), (lambda e, idx: run(e, idx, "eta")), False
+    return (lambda e, idx: (run(e, idx, "success"), None)), (lambda e, idx: run(e, idx, "eta")), False
 
 
 def _success_of(result: Any, fn: Callable, n: int) -> np.ndarray:
@@ -188,15 +210,38 @@ def _eta_of(result: Any, fn: Callable, shape: tuple) -> np.ndarray:
     return np.asarray(eta, dtype=np.float64)
 
 
-def _search(fools: Callable, prep: Prepared, lo: float, hi: float, tol: float, m: int) -> np.ndarray:
-    """Each input's first successful budget on the grid, then bisection below it."""
+class _Found:
+    """The perturbations and predictions at each input's latest successful budget (one-step attacks)."""
+
+    def __init__(self, prep: Prepared):
+        self.prep = prep
+        self.eta: np.ndarray | None = None
+        self.pred: np.ndarray | None = None
+
+    def fools(self, fools: Callable, e: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        ok, found = fools(e, idx)
+        if found is not None and ok.any():
+            if self.eta is None:
+                self.eta = np.zeros_like(self.prep.x)
+                self.pred = np.full(self.prep.x.shape[0], -1, dtype=np.int64)
+            self.eta[idx[ok]], self.pred[idx[ok]] = found[0][ok], found[1][ok]
+        return ok
+
+
+def _search(fools: Callable, prep: Prepared, lo: float, hi: float, tol: float, m: int) -> tuple[np.ndarray, _Found]:
+    """Each input's first successful budget on the grid, then bisection below it.
+
+    Returns the least budgets and what was found there (:class:`_Found`). At ``lo = 0`` the test
+    is the prediction at x itself (inside the bounds, so unclipped), known from p(x).
+    """
     n = prep.x.shape[0]
     all_idx = np.arange(n)
     result = np.full(n, np.inf)
+    found = _Found(prep)
     if lo > 0:
-        ok_lo = fools(np.full(n, lo), all_idx)
+        ok_lo = found.fools(fools, np.full(n, lo), all_idx)
     else:
-        ok_lo = predictions(prep.backend, clip(prep.x, prep.bounds)) != prep.labels
+        ok_lo = prep.probs.argmax(axis=1) != prep.labels
     result[ok_lo] = lo
     grid = lo + (hi - lo) * np.arange(1, m + 1) / m
     grid[-1] = hi
@@ -205,7 +250,7 @@ def _search(fools: Callable, prep: Prepared, lo: float, hi: float, tol: float, m
     for gi, e in enumerate(grid):  # the first successful grid budget of each input
         if not remaining.size:
             break
-        ok = fools(np.full(remaining.size, e), remaining)
+        ok = found.fools(fools, np.full(remaining.size, e), remaining)
         first[remaining[ok]] = gi
         remaining = remaining[~ok]
     active = np.flatnonzero(first >= 0)
@@ -214,8 +259,8 @@ def _search(fools: Callable, prep: Prepared, lo: float, hi: float, tol: float, m
     hi_a = grid[fa]
     while active.size and np.any(hi_a - lo_a > tol):
         mid = (lo_a + hi_a) / 2
-        ok = fools(mid, active)
+        ok = found.fools(fools, mid, active)
         hi_a = np.where(ok, mid, hi_a)
         lo_a = np.where(ok, lo_a, mid)
     result[active] = hi_a
-    return result
+    return result, found
