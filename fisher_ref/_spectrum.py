@@ -438,36 +438,52 @@ def _finalize_batch(mu: np.ndarray, V: np.ndarray, ranks: np.ndarray, k: int, d:
 
 #: Element count of the temporaries of the blocked in-place steps (null completion, sign fix).
 _BLOCK_ELEMS = 2**22
-#: Seed blocks up to this many elements are cached (larger ones are rebuilt: O(d) work each).
+#: Seed blocks up to this many elements are kept dense in a cache (larger ones are built a block of
+#: columns at a time from their O(d) description).
 _SEED_CACHE_ELEMS = 2**20
 
 
-def _null_seed_block(d: int, m: int, attempt: int = 0) -> np.ndarray:
-    """A fixed, seeded (m, d) block of orthonormal rows, the start of every null-space completion.
+def _seed_layout(d: int, m: int, attempt: int) -> tuple[np.ndarray, np.ndarray]:
+    """The seeded orthonormal (m, d) block that starts every null-space completion, described in O(d):
+    coordinate c belongs to row ``rows[c]`` with value ``vals[c]`` (all other entries are 0).
 
-    Row j is supported on its own random set of about d / m coordinates (a seeded permutation
-    dealt out in turn) with random signs, normalised: orthonormal by construction, so no QR of a
-    tall matrix and nothing of size d x m is kept beyond the cache of small blocks.
+    A seeded permutation of the d coordinates is dealt out to the m rows in turn, each entry gets
+    a random sign, and each row is normalised: disjoint supports, so the rows are orthonormal by
+    construction (no QR of a tall matrix).
     """
-    if d * m <= _SEED_CACHE_ELEMS:
-        return _cached_seed_block(d, m, attempt)
-    return _seed_block(d, m, attempt)
+    rng = np.random.default_rng([0x5EED, d, m, attempt])
+    rows = np.empty(d, dtype=np.int64)
+    rows[rng.permutation(d)] = np.arange(d) % m
+    vals = rng.choice(np.array([-1.0, 1.0]), size=d) / np.sqrt(np.bincount(rows, minlength=m)[rows])
+    return rows, vals
 
 
 @functools.lru_cache(maxsize=32)
 def _cached_seed_block(d: int, m: int, attempt: int) -> np.ndarray:
-    R = _seed_block(d, m, attempt)
+    R = _build_seed_columns(_seed_layout(d, m, attempt), m, slice(0, d))
     R.setflags(write=False)
     return R
 
 
-def _seed_block(d: int, m: int, attempt: int) -> np.ndarray:
-    rng = np.random.default_rng([0x5EED, d, m, attempt])
-    perm = rng.permutation(d)
-    row = np.arange(d) % m  # coordinate perm[i] belongs to row i mod m
-    R = np.zeros((m, d))
-    R[row, perm] = rng.choice(np.array([-1.0, 1.0]), size=d) / np.sqrt(np.bincount(row, minlength=m)[row])
+def _build_seed_columns(layout: tuple[np.ndarray, np.ndarray], m: int, blk: slice) -> np.ndarray:
+    rows, vals = layout
+    cols = np.arange(blk.start, blk.stop)
+    R = np.zeros((m, cols.size))
+    R[rows[cols], cols - blk.start] = vals[cols]
     return R
+
+
+def _seed_columns(d: int, m: int, attempt: int, blk: slice, layout: tuple | None = None) -> np.ndarray:
+    """Columns ``blk`` of the seed block, shape (m, len(blk)): from the cache for small blocks, else
+    built from ``layout`` (:func:`_seed_layout`, computed here when not given)."""
+    if d * m <= _SEED_CACHE_ELEMS:
+        return _cached_seed_block(d, m, attempt)[:, blk]
+    return _build_seed_columns(layout if layout is not None else _seed_layout(d, m, attempt), m, blk)
+
+
+def _null_seed_block(d: int, m: int, attempt: int = 0) -> np.ndarray:
+    """The seed block of :func:`_seed_layout` as a dense (m, d) array (read-only when cached)."""
+    return _seed_columns(d, m, attempt, slice(0, d))
 
 
 def _null_completion(V: np.ndarray, d: int, m: int, out: np.ndarray | None = None) -> np.ndarray:
@@ -475,12 +491,13 @@ def _null_completion(V: np.ndarray, d: int, m: int, out: np.ndarray | None = Non
 
     ``V`` has shape (n, r, d); returns ``out`` of shape (n, m, d) (allocated if not given; it may
     be a view into a larger array, written in place). With the seeded orthonormal block R
-    (:func:`_null_seed_block`) and ``A = V R^T``, the projection ``W = R - A^T V`` has Gram matrix
+    (:func:`_seed_layout`) and ``A = V R^T``, the projection ``W = R - A^T V`` has Gram matrix
     ``W W^T = I - A^T A`` exactly, so ``S^(-1/2) W`` with ``S = I - A^T A`` (an m x m
     eigendecomposition) is orthonormal and orthogonal to V: matrix products and m x m
-    factorisations only, O(n d m (r + m)), computed in blocks of columns so that nothing of the
-    size of the result is allocated besides it. Where ``W`` is (nearly) rank deficient - R almost
-    inside span(V) - the next seeded block is tried for those inputs.
+    factorisations only, O(n d m (r + m)), computed in blocks of columns, so that besides the
+    result only O(d) and blocks of at most ``_BLOCK_ELEMS`` elements are allocated. Where ``W``
+    is (nearly) rank deficient - R almost inside span(V) - the next seeded block is tried for
+    those inputs.
     """
     n, r = V.shape[0], V.shape[1]
     if out is None:
@@ -491,19 +508,20 @@ def _null_completion(V: np.ndarray, d: int, m: int, out: np.ndarray | None = Non
         raise ValueError(f"cannot complete {r} vectors with {m} more orthonormal ones in dimension {d}")
     todo = np.arange(n)
     for attempt in range(8):
-        R = _null_seed_block(d, m, attempt)
+        layout = None if d * m <= _SEED_CACHE_ELEMS else _seed_layout(d, m, attempt)
         Vt = V if todo.size == n else V[todo]
-        At = np.matmul(R, np.swapaxes(Vt, -1, -2))  # A^T = R V^T, (t, m, r), contiguous
-        A = np.ascontiguousarray(np.swapaxes(At, -1, -2))
-        lam, E = np.linalg.eigh(np.eye(m) - At @ A)
+        step = max(1, _BLOCK_ELEMS // max(1, todo.size * max(m, r)))
+        blocks = [slice(c, min(c + step, d)) for c in range(0, d, step)]
+        seed = [_seed_columns(d, m, attempt, blk, layout) for blk in blocks] if len(blocks) == 1 else None
+        At = sum(np.matmul(seed[0] if seed else _seed_columns(d, m, attempt, blk, layout),
+                           np.swapaxes(Vt[:, :, blk], -1, -2)) for blk in blocks)  # A^T = R V^T, (t, m, r)
+        lam, E = np.linalg.eigh(np.eye(m) - At @ np.ascontiguousarray(np.swapaxes(At, -1, -2)))
         good = lam.min(axis=-1) > 1e-6  # R has unit rows: below this, too close to span(V)
         T = (E / np.sqrt(np.where(lam > 0, lam, 1.0))[..., None, :]) @ np.ascontiguousarray(np.swapaxes(E, -1, -2))
-        step = max(1, _BLOCK_ELEMS // max(1, todo.size * m))
         whole = bool(good.all()) and todo.size == n
-        for c in range(0, d, step):
-            blk = slice(c, min(c + step, d))
+        for blk in blocks:
             Wb = At @ Vt[:, :, blk]  # (t, m, block); in place from here (fresh pages cost page faults)
-            np.subtract(R[:, blk], Wb, out=Wb)
+            np.subtract(seed[0] if seed else _seed_columns(d, m, attempt, blk, layout), Wb, out=Wb)
             if whole:
                 np.matmul(T, Wb, out=out[:, :, blk])
             else:

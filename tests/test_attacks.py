@@ -200,3 +200,55 @@ def test_attack_input_errors():
         fr.bim(x, model, epsilon=1.0, step_size=-0.1)
     with pytest.raises(TypeError, match="backend must be a fisher_ref Backend or a callable.*got str 'model.pt'"):
         fr.ossa(x, "model.pt", epsilon=1.0)
+
+
+@pytest.mark.parametrize("attack", [fr.bim, fr.iterative_ossa])
+def test_success_history_is_the_success_after_each_step(attack):
+    """The history is read from the next step's gradient call; check it against runs that stop
+    after t steps (their final success is measured by a forward pass of its own)."""
+    model = MLPModel.random((10,), 4, (8,), scale=3.0, rng=8)
+    X = np.random.default_rng(5).uniform(0.1, 0.9, (8, 10))
+    full = attack(X, model, epsilon=1.5, step_size=0.3, n_steps=6)
+    assert 0 < full.success_history.sum() < full.success_history.size
+    for t in range(1, 7):
+        r = attack(X, model, epsilon=1.5, step_size=0.3, n_steps=t)
+        np.testing.assert_array_equal(full.success_history[t - 1], r.success)
+        np.testing.assert_array_equal(full.success_history[:t], r.success_history)
+
+
+@pytest.mark.parametrize("attack", [fr.bim, fr.iterative_ossa])
+def test_early_stop_returns_the_first_adversarial_iterate(attack):
+    model = MLPModel.random((10,), 4, (8,), scale=3.0, rng=8)
+    X = np.random.default_rng(5).uniform(0.1, 0.9, (8, 10))
+    y = model.probabilities(X).argmax(1)
+    y[0] = (y[0] + 1) % 4  # misclassified already: left unchanged
+    full = attack(X, model, epsilon=1.5, step_size=0.3, n_steps=6, labels=y)
+    stop = attack(X, model, epsilon=1.5, step_size=0.3, n_steps=6, labels=y, early_stop=True)
+    assert np.all(stop.eta[0] == 0) and np.all(stop.success_history[:, 0])
+    for j in range(1, 8):
+        h = full.success_history[:, j]
+        if not h.any():  # never fooled: the same six steps
+            np.testing.assert_array_equal(stop.x_adv[j], full.x_adv[j])
+            assert not stop.success_history[:, j].any()
+            continue
+        first = int(np.argmax(h))  # the first step after which it is fooled
+        ref = attack(X[j], model, epsilon=1.5, step_size=0.3, n_steps=first + 1, labels=y[j])
+        np.testing.assert_allclose(stop.x_adv[j], ref.x_adv, rtol=0, atol=1e-13)  # alone: BLAS rounding
+        np.testing.assert_array_equal(stop.success_history[:, j], np.arange(6) >= first)
+    assert stop.fooling_rate == 1 - np.mean([not full.success_history[:, j].any() for j in range(8)])
+    with pytest.raises(TypeError, match="early_stop must be True or False, got str"):
+        attack(X, model, epsilon=1.0, early_stop="yes")
+
+
+def test_bim_early_stop_takes_fewer_gradient_steps():
+    from test_directions import _counting
+
+    model = _counting(MLPModel.random((10,), 4, (8,), activation="tanh", scale=3.0, rng=8), (10,))
+    X = np.random.default_rng(5).uniform(0.1, 0.9, (8, 10))
+    fr.bim(X, model, epsilon=1.5, step_size=0.3, n_steps=6)
+    all_steps = model.calls["loss_gradient"]
+    model.reset_forward_count()
+    r = fr.bim(X, model, epsilon=1.5, step_size=0.3, n_steps=6, early_stop=True)
+    assert model.calls["loss_gradient"] - all_steps <= 6
+    # forward passes: one at x for the labels, one at the end for the inputs that took the last step
+    assert model.forward_calls <= 2

@@ -8,11 +8,14 @@ from fisher_ref.backends import LogisticRegressionModel, MLPModel
 
 
 class CountingModel(MLPModel):
-    """An MLP that counts its class-gradient and loss-gradient calls (what a direction costs)."""
+    """An MLP that counts its backend calls: gradient calls (what a direction costs) and forward
+    passes, as calls and as rows (inputs evaluated)."""
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
         self.calls = {"class_gradients": 0, "loss_gradient": 0}
+        self.forward_calls = 0
+        self.forward_rows = 0
 
     def _class_gradients(self, x, classes):
         self.calls["class_gradients"] += 1
@@ -22,11 +25,22 @@ class CountingModel(MLPModel):
         self.calls["loss_gradient"] += 1
         return super()._loss_gradient(x, labels)
 
+    def _probabilities(self, x):
+        self.forward_calls += 1
+        self.forward_rows += x.shape[0]
+        return super()._probabilities(x)
+
+    def reset_forward_count(self):
+        self.forward_calls = self.forward_rows = 0
+
+
+def _counting(base, input_shape):
+    return CountingModel([(w, b) for w, b in zip(base.weights, base.biases)], activation=base.activation,
+                         input_shape=input_shape)
+
 
 def _model_and_x(n=6, seed=0):
-    base = MLPModel.random((1, 4, 4), 5, (10,), activation="elu", scale=2.0, rng=seed)
-    model = CountingModel([(w, b) for w, b in zip(base.weights, base.biases)], activation="elu",
-                          input_shape=(1, 4, 4))
+    model = _counting(MLPModel.random((1, 4, 4), 5, (10,), activation="elu", scale=2.0, rng=seed), (1, 4, 4))
     x = np.random.default_rng(seed).uniform(0.1, 0.9, (n, 1, 4, 4))
     return model, x
 
@@ -133,3 +147,112 @@ def test_a_custom_attack_must_return_a_result_with_success():
     bad_shape = lambda x, b, **kw: type("R", (), {"success": np.array([True])})()
     with pytest.raises(TypeError, match=r"success of dtype bool and shape \(1,\).*shape \(2,\)"):
         fr.least_perturbation(x, model, bad_shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# what the attacks cost, in backend calls (counted, never timed)
+
+
+def _loss(model, x, y):
+    return -np.log(model.probabilities(x)[np.arange(len(y)), y])
+
+
+@pytest.mark.parametrize("bounds, eps", [(None, 0.8), ((0.0, 1.0), 0.3)])
+def test_ossa_costs_one_jacobian_and_one_forward_pass_where_the_sign_test_is_the_prediction(bounds, eps):
+    model, x = _model_and_x(n=12, seed=3)
+    lam, v = fr.ossa_direction(x, model)
+    y = model.probabilities(x).argmax(1)
+    # which inputs need a second forward pass, worked out independently: the loss does not rise
+    # along +v, or x + eps v leaves the bounds
+    up = x + eps * v
+    flipped = _loss(model, up, y) <= _loss(model, x, y)
+    outside = np.zeros(len(x), dtype=bool) if bounds is None else np.any((up < 0) | (up > 1), axis=(1, 2, 3))
+    second = flipped | outside
+    assert second.any() and not second.all()
+    before = dict(model.calls)
+    model.reset_forward_count()
+    r = fr.ossa(x, model, epsilon=eps, bounds=bounds)
+    assert model.calls["class_gradients"] == before["class_gradients"] + 1  # one batched Jacobian
+    assert model.calls["loss_gradient"] == before["loss_gradient"]
+    assert model.forward_rows == len(x) + int(second.sum())
+    assert model.forward_calls == 2
+    np.testing.assert_array_equal(r.labels, y)
+    np.testing.assert_allclose(r.eta, eps * np.where(flipped, -1.0, 1.0)[:, None, None, None] * v, atol=1e-15)
+
+
+def test_fgm_costs_one_loss_gradient_and_one_forward_pass():
+    model, x = _model_and_x(n=8, seed=4)
+    y = model.probabilities(x).argmax(1)
+    before = dict(model.calls)
+    model.reset_forward_count()
+    r = fr.fgm(x, model, epsilon=0.5, labels=y)
+    assert model.calls["loss_gradient"] == before["loss_gradient"] + 1
+    assert model.calls["class_gradients"] == before["class_gradients"]
+    assert (model.forward_calls, model.forward_rows) == (1, 8)  # the prediction at x_adv only
+    model.reset_forward_count()
+    r2 = fr.fgm(x, model, epsilon=0.5)  # labels = predictions: one more forward pass at x for them
+    assert (model.forward_calls, model.forward_rows) == (2, 16)
+    np.testing.assert_array_equal(r2.x_adv, r.x_adv)
+
+
+def _budgets_tried(x, model, attack, **kw):
+    """The least budgets of a search over ``attack`` called as a plain callable (the generic path,
+    which runs the attack once per budget on the inputs still searched), and the number of
+    (input, budget) pairs it tried."""
+    tried = [0]
+
+    def counted(xs, backend, **akw):
+        tried[0] += xs.shape[0]
+        return attack(xs, backend, **akw)
+
+    lp = fr.least_perturbation(x, model, counted, n_scan=24, **kw)
+    return lp, tried[0]
+
+
+def test_least_perturbation_costs_one_forward_pass_per_input_and_budget_for_fgm():
+    model, x = _model_and_x(n=10, seed=5)
+    y = model.probabilities(x).argmax(1)
+    ref, tried = _budgets_tried(x, model, fr.fgm, labels=y, tol=1e-3)
+    before = dict(model.calls)
+    model.reset_forward_count()
+    lp, res = fr.least_perturbation(x, model, "fgm", labels=y, tol=1e-3, return_result=True)
+    np.testing.assert_array_equal(lp, ref)
+    assert model.calls["loss_gradient"] == before["loss_gradient"] + 1  # one direction for the batch
+    assert model.forward_rows == tried  # one forward pass per input and budget, none for the result
+    assert np.all(res.success[np.isfinite(lp) & (lp > 0)])
+
+
+def test_least_perturbation_ossa_is_one_forward_pass_per_budget_where_exactly_equivalent():
+    """A linear model's loss is convex along any line, so along its own gradient it rises at every
+    budget: OSSA's sign test gives +1 everywhere and, without bounds, its forward pass is the
+    success test; each budget then costs one forward pass per input."""
+    base = LogisticRegressionModel.random((1, 4, 4), 5, scale=2.0, rng=2)
+    model = _counting(base, (1, 4, 4))
+    x = np.random.default_rng(2).uniform(0.1, 0.9, (9, 1, 4, 4))
+    y = model.probabilities(x).argmax(1)
+    d = (np.ones(9), fr.fgm_direction(x, model, labels=y))
+    ref, tried = _budgets_tried(x, model, fr.fgm, labels=y, tol=1e-3, bounds=None)
+    model.reset_forward_count()
+    lp = fr.least_perturbation(x, model, "ossa", labels=y, tol=1e-3, bounds=None, direction=d)
+    np.testing.assert_array_equal(lp, ref)  # the same search as FGM's along the same direction
+    assert model.forward_rows == tried + 9  # + p(x), which a given direction does not bring along
+
+
+@pytest.mark.parametrize("bounds", [None, (0.0, 1.0)])
+def test_least_perturbation_ossa_equals_the_search_over_full_ossa_runs(bounds):
+    """The one-step path (one direction, then forward passes) against the generic path that runs
+    the whole of OSSA (eigensolve, sign test, clipping) at every budget: the same budgets, the same
+    examples; at most two forward passes per input and budget."""
+    model, x = _model_and_x(n=10, seed=6)
+    ref, tried = _budgets_tried(x, model, fr.ossa, tol=1e-3, bounds=bounds)
+    before = dict(model.calls)
+    model.reset_forward_count()
+    lp, res = fr.least_perturbation(x, model, "ossa", tol=1e-3, bounds=bounds, return_result=True)
+    np.testing.assert_array_equal(lp, ref)
+    assert np.isfinite(lp).sum() >= 5
+    assert model.calls["class_gradients"] == before["class_gradients"] + 1
+    assert tried <= model.forward_rows <= 2 * tried
+    for j in np.flatnonzero(np.isfinite(lp) & (lp > 0)):
+        r = fr.ossa(x[j], model, epsilon=lp[j], bounds=bounds)  # alone: its eigenvector to the last bits
+        np.testing.assert_allclose(res.x_adv[j], r.x_adv, rtol=0, atol=1e-13)
+        assert res.predictions[j] == r.predictions

@@ -168,3 +168,19 @@ def test_operator_input_errors():
     with pytest.raises(TypeError, match="does not provide 'fisher_vector_product'"):
         from fisher_ref import as_backend
         MatrixFreeFisherOperator(np.zeros(3), as_backend(lambda x: (p, np.ones((2, 3)))))
+
+
+@given(fisher_problems(softmax=True))
+def test_rank_bounds_of_a_batch_equal_the_single_input_bound(problem):
+    from fisher_ref._operators import SOFTMAX_SUM_RTOL, rank_bounds
+
+    p, g = problem
+    P = np.stack([p, np.roll(p, 1), np.eye(p.size)[0]])  # softmax, not softmax, one class only
+    Gr = np.stack([g, g, g])
+    got = rank_bounds(P, Gr)
+    assert got.dtype == np.int64
+    for j in range(3):  # the definition, input by input: classes with p > 0, less one when sum p g = 0
+        scale = P[j] @ np.linalg.norm(g, axis=1)
+        softmax = scale == 0 or np.linalg.norm(P[j] @ g) <= SOFTMAX_SUM_RTOL * scale
+        assert got[j] == max(0, min(np.count_nonzero(P[j]) - softmax, g.shape[1]))
+    assert got[0] == FisherOperator(p, g).rank_bound

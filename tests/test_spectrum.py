@@ -242,3 +242,124 @@ def test_null_completion_is_orthonormal_even_when_the_seed_lies_in_span_v(d, r, 
         np.testing.assert_allclose(Q @ Q.T, np.eye(r + m), atol=1e-12)
     with pytest.raises(ValueError, match="cannot complete"):
         _null_completion(V, d, d - r + 1)
+
+
+EPS32 = float(np.finfo(np.float32).eps)
+
+
+@given(numpy_models(), st.integers(1, 6))
+def test_float32_gram_agrees_with_dense_eigh_to_float32_precision(model_x, k):
+    model, x = model_x
+    d = x.size
+    k = min(k, d)
+    p, g = model.class_gradients(x)
+    G = fisher_matrix(p[0], g[0])
+    w_ref, V_ref = eigh_top(G, k)
+    w64, V64 = fisher_spectrum(x, model, k=k, method="gram")
+    w32, V32 = fisher_spectrum(x, model, k=k, method="gram", precision="float32")
+    top = max(w_ref[0], 1e-300)
+    np.testing.assert_allclose(w64, np.maximum(w_ref, 0), rtol=0, atol=1e3 * d * EPS * top)  # the reference path
+    np.testing.assert_allclose(w32, np.maximum(w_ref, 0), rtol=0, atol=8 * d * EPS32 * top)
+    # float32 cannot resolve eigenvalues below its rounding band: those come out as exact zeros
+    assert np.all((w32 == 0) | (w32 > 4 * d * EPS32 * top * 0.5))
+    V32 = V32.reshape(k, -1)
+    # orthonormal to float32 precision of the lift F^T u / sqrt(mu): its error grows as sqrt(top / mu)
+    scale = np.sqrt(top / np.where(w32 > 0, w32, top))
+    np.testing.assert_array_less(np.abs(V32 @ V32.T - np.eye(k)), 10 * d * EPS32 * np.outer(scale, scale) + 1e-12)
+    full = np.linalg.eigvalsh(G)[::-1]
+    for i in range(k):
+        gap = min(abs(w_ref[i] - full[j]) for j in range(len(full)) if j != i)
+        if w32[i] > 0 and gap > 1e-2 * top:
+            assert abs(abs(V32[i] @ V_ref[:, i]) - 1) < 1e3 * d * EPS32 * top / gap
+
+
+def test_float32_gram_on_a_float32_torch_backend():
+    """The float32 option on the float32 LeNet-5 against the float64 reference path and dense eigh
+    of the same gradients: the top eigenpairs agree to float32 precision."""
+    torch = pytest.importorskip("torch")
+    from fisher_ref.backends import TorchBackend, bundled_path, torch_models
+    from fisher_ref.datasets import load_bundled_mnist
+
+    net = torch_models.lenet5(dropout=0.5)
+    net.load_state_dict(torch.load(str(bundled_path("mnist_lenet.pt")), map_location="cpu"))
+    b = TorchBackend(net, input_shape=(1, 28, 28), device="cpu")
+    X = load_bundled_mnist()[0][:6]
+    w64, V64 = fisher_spectrum(X, b, k=20, method="gram")
+    w32, V32 = fisher_spectrum(X, b, k=20, method="gram", precision="float32")
+    p, g = b.class_gradients(X)
+    for j in range(6):
+        w_ref, V_ref = eigh_top(fisher_matrix(p[j], g[j]), 3)
+        np.testing.assert_allclose(w64[j, :3], w_ref, rtol=1e-9)
+        np.testing.assert_allclose(w32[j, :3], w_ref, rtol=0, atol=8 * 784 * EPS32 * w_ref[0])
+        assert abs(abs(V32[j, 0].ravel() @ V_ref[:, 0]) - 1) < 1e-5
+    with pytest.raises(ValueError, match="precision='float32' is an option of the Gram method"):
+        fisher_spectrum(X[0], b, k=2, method="lanczos", operator="matrix-free", precision="float32")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        fisher_spectrum(X[0], b, k=2, precision="half")
+
+
+@given(numpy_models(), st.sampled_from(["gram", "dense", "lanczos", "power"]))
+def test_pad_null_space_false_gives_zero_vectors_past_the_rank(model_x, method):
+    model, x = model_x
+    k = x.size
+    kw = dict(tol=1e-13, maxiter=100000) if method == "power" else {}
+    w, V = fisher_spectrum(x, model, k=k, method=method, rng=0, **kw)
+    w0, V0 = fisher_spectrum(x, model, k=k, method=method, rng=0, pad_null_space=False, **kw)
+    np.testing.assert_array_equal(w0, w)
+    pos = w > 0
+    np.testing.assert_array_equal(V0[pos], V[pos])
+    assert np.all(V0[~pos] == 0)
+    Vp = V.reshape(k, -1)
+    np.testing.assert_allclose(Vp @ Vp.T, np.eye(k), atol=1e-8)  # padded: orthonormal
+
+
+def test_pad_null_space_false_never_builds_the_padding(monkeypatch):
+    from fisher_ref import _spectrum
+
+    model = MLPModel.random((30,), 4, (6,), rng=1)
+    x = np.random.default_rng(0).uniform(size=(3, 30))
+
+    def refuse(*a, **kw):
+        raise AssertionError("null-space completion called")
+
+    monkeypatch.setattr(_spectrum, "_null_completion", refuse)
+    w, V = fisher_spectrum(x, model, k=12, pad_null_space=False)
+    assert w.shape == (3, 12) and np.all(w[:, 3:] == 0) and np.all(V[:, 3:] == 0)
+    with pytest.raises(AssertionError, match="null-space completion called"):
+        fisher_spectrum(x, model, k=12)
+    with pytest.raises(TypeError, match="pad_null_space must be True or False, got int"):
+        fisher_spectrum(x, model, k=12, pad_null_space=1)
+
+
+def test_k_far_above_the_rank_on_a_large_input_costs_memory_of_the_result_only():
+    """Issue 16, case 12 (3 x 512 x 512, k = 300 took 3.5 GB): the padding is written in place into
+    the result (peak about the size of V), and without padding the zero rows are never touched."""
+    try:
+        open("/proc/self/clear_refs", "w").close()
+    except OSError:
+        pytest.skip("needs Linux /proc/self/clear_refs to reset the peak resident memory")
+    from fisher_ref.backends import LogisticRegressionModel
+
+    shape, k = (3, 128, 128), 100
+    model = LogisticRegressionModel.random(shape, 10, scale=0.01, rng=0)
+    x = np.random.default_rng(0).uniform(0, 1, shape)
+    model.class_gradients(x)
+
+    def peak_extra_mb(**kw):
+        with open("/proc/self/status") as f:
+            base = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        out = fisher_spectrum(x, model, k=k, **kw)
+        with open("/proc/self/status") as f:
+            hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+        return (hwm - base) / 1024, out
+
+    v_mb = k * x.size * 8 / 2**20  # 37.5 MB
+    mem_pad, (w, V) = peak_extra_mb()
+    mem_nopad, (w0, V0) = peak_extra_mb(pad_null_space=False)
+    assert np.count_nonzero(w) == 9 and np.array_equal(w, w0)
+    assert mem_pad < 1.6 * v_mb + 20, mem_pad
+    assert mem_nopad < 0.3 * v_mb + 20, mem_nopad
+    Vr = V.reshape(k, -1)
+    np.testing.assert_allclose(Vr @ Vr.T, np.eye(k), atol=1e-12)

@@ -84,7 +84,8 @@ def least_perturbation(x: Any, backend: Any = None, attack: str | Callable = "os
     Cost of a one-step attack over N inputs: one direction for the batch (OSSA: one batched
     Jacobian, or the matrix-free eigensolves, which also give p(x); FGM / OTCM: one batched loss
     gradient, after one forward pass for the labels when none are given), nothing for ``lo = 0``
-    (the prediction at x is known), then per budget tried one batched forward pass over the
+    (the prediction at x is known from that gradient call; one forward pass at x when
+    ``direction`` is given), then per budget tried one batched forward pass over the
     inputs still searched: one forward pass per input and budget for FGM and OTCM. OSSA's sign
     test (Algorithm 1, line 8) evaluates the loss at the unclipped ``x + e v``; where the sign is
     +1 and that point lies inside the bounds it is the adversarial example itself, so that
