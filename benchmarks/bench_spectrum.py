@@ -383,6 +383,19 @@ def _targets(r: dict) -> list[str]:
     return out
 
 
+def setup_machine(threads: int | None, device: str) -> str:
+    """Set torch's CPU threads (None: all cores), print and return the description of the machine."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    dev = torch.cuda.get_device_name(0) if device.startswith("cuda") else platform.processor() or platform.machine()
+    machine = (f"{dev}; {os.cpu_count()} CPU cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+               f"numpy {np.__version__}, Python {platform.python_version()}")
+    print(f"machine: {machine}")
+    return machine
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", default="mnist,cifar,imagenet")
@@ -417,12 +430,7 @@ def main(argv=None) -> int:
         _memory_child(row, method, int(k), args)
         return 0
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    dev = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else platform.processor() or platform.machine()
-    machine = (f"{dev}; {os.cpu_count()} CPU cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-               f"numpy {np.__version__}, Python {platform.python_version()}")
-    print(f"machine: {machine}")
+    machine = setup_machine(args.threads, args.device)
     results = [bench_row(row.strip(), args) for row in args.rows.split(",") if row.strip()]
     write(results, Path(args.out), machine)
     print(f"\nwrote {args.out}/spectrum_methods.md, .csv and .json")

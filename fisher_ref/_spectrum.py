@@ -214,15 +214,32 @@ def _backend_driven(op) -> contextlib.AbstractContextManager:
     """While an eigensolver alternates its own BLAS calls with a backend's products (torch, ONNX
     Runtime: their own thread pools), NumPy's and SciPy's OpenBLAS threads are limited to one: their
     spinning workers otherwise compete with the backend's for the cores (measured: a ResNet's
-    Fisher-vector products ran 2.2x slower under ARPACK on 2 cores). Needs threadpoolctl (the
-    torch and onnx extras install it); without it nothing is limited."""
+    Fisher-vector products ran 2.2x slower under ARPACK on 2 cores)."""
     if not isinstance(op, MatrixFreeFisherOperator):
         return contextlib.nullcontext()
+    return one_blas_thread()
+
+
+#: Below this many multiply-adds per matrix (C^2 d of the Gram method), stacked products run on one
+#: BLAS thread: waking OpenBLAS's workers for each small matrix of a stack costs more than it saves.
+SMALL_GEMM = 2**24
+
+
+def one_blas_thread() -> contextlib.AbstractContextManager:
+    """Limit NumPy's and SciPy's BLAS to one thread meanwhile (threadpoolctl's controller, made once:
+    about 10 microseconds a use). Needs threadpoolctl (the torch and onnx extras install it);
+    without it nothing is limited."""
+    ctl = _blas_controller()
+    return contextlib.nullcontext() if ctl is None else ctl.limit(limits=1, user_api="blas")
+
+
+@functools.lru_cache(maxsize=1)
+def _blas_controller():
     try:
-        from threadpoolctl import threadpool_limits
+        from threadpoolctl import ThreadpoolController
     except ImportError:  # pragma: no cover - depends on the environment
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
+        return None
+    return ThreadpoolController()
 
 
 def _as_operator(A: Any) -> tuple[LinearOperator, np.ndarray | None]:
@@ -733,10 +750,11 @@ def _gram_spectra(b: Any, xb: np.ndarray, k: int, dtype: np.dtype, pad: bool):
     for s in range(0, n, chunk):
         p, g = b.class_gradients(xb[s:s + chunk])
         g = g.reshape(p.shape[0], C, d)
-        mu, V = _gram(np.sqrt(p)[:, :, None] * g, min(k, C, d), dtype)
-        r = rank_bounds(p, g)
-        del g
-        w, Vj = _finalize_batch(mu, V, r, k, d, eps=float(np.finfo(dtype).eps), pad=pad)
+        with one_blas_thread() if C * C * d < SMALL_GEMM else contextlib.nullcontext():
+            mu, V = _gram(np.sqrt(p)[:, :, None] * g, min(k, C, d), dtype)
+            r = rank_bounds(p, g)
+            del g
+            w, Vj = _finalize_batch(mu, V, r, k, d, eps=float(np.finfo(dtype).eps), pad=pad)
         parts.append((w, Vj, r, p))
     if len(parts) == 1:
         return parts[0]
