@@ -437,24 +437,31 @@ def _finalize_batch(mu: np.ndarray, V: np.ndarray, ranks: np.ndarray, k: int, d:
     W = np.zeros((n, k))
     Vs = np.zeros((n, k, d))
     n_keep = np.minimum((w > 0).sum(axis=1), k)  # mu is descending: kept eigenvalues are a prefix
-    for nk in np.unique(n_keep):
-        idx = np.flatnonzero(n_keep == nk)
-        if idx.size == n:  # one group (the usual case): write through views, no fancy-index copies
-            W[:, :nk] = w[:, :nk]
-            Vs[:, :nk] = V[:, :nk]
-            _fix_signs(Vs[:, :nk])
-            if pad and nk < k:
-                _fix_signs(_null_completion(Vs[:, :nk], d, k - nk, out=Vs[:, nk:]))
-            continue
-        W[idx, :nk] = w[idx, :nk]
-        Vs[idx, :nk] = _fix_signs(V[idx, :nk].copy())
-        if pad and nk < k:
-            Vs[idx, nk:] = _fix_signs(_null_completion(V[idx, :nk], d, k - nk))
+    lo, hi = int(n_keep.min()), int(n_keep.max())  # n >= 1
+    kept = np.arange(hi)[None, :] < n_keep[:, None]
+    W[:, :hi] = np.where(kept, w[:, :hi], 0.0)
+    Vs[:, :hi] = V[:, :hi]
+    if lo < hi:
+        Vs[:, :hi][~kept] = 0.0  # vectors of eigenvalues that rounded to zero: replaced below
+    _fix_signs(Vs[:, :hi])
+    if not pad or lo == k:
+        return W, Vs
+    if lo == hi:  # one count for all (the usual case): in place, through views
+        _fix_signs(_null_completion(Vs[:, :hi], d, k - hi, out=Vs[:, hi:]))
+    elif hi + k - lo <= d:  # zero rows leave the completion exact: one batched call for all
+        N = _fix_signs(_null_completion(Vs[:, :hi], d, k - lo))
+        for nk in np.unique(n_keep):
+            idx = np.flatnonzero(n_keep == nk)
+            Vs[idx, nk:] = N[idx, :k - nk]
+    else:  # a small d: each count on its own
+        for nk in np.unique(n_keep):
+            idx = np.flatnonzero(n_keep == nk)
+            Vs[idx, nk:] = _fix_signs(_null_completion(Vs[idx, :nk], d, k - nk))
     return W, Vs
 
 
 #: Element count of the temporaries of the blocked in-place steps (null completion, sign fix).
-_BLOCK_ELEMS = 2**22
+_BLOCK_ELEMS = 2**20
 #: Seed blocks up to this many elements are kept dense in a cache (larger ones are built a block of
 #: columns at a time from their O(d) description).
 _SEED_CACHE_ELEMS = 2**20
@@ -504,17 +511,18 @@ def _null_seed_block(d: int, m: int, attempt: int = 0) -> np.ndarray:
 
 
 def _null_completion(V: np.ndarray, d: int, m: int, out: np.ndarray | None = None) -> np.ndarray:
-    """m orthonormal rows orthogonal to the orthonormal rows of each ``V[j]`` (a fixed choice).
+    """m orthonormal rows orthogonal to the rows of each ``V[j]`` (a fixed choice).
 
-    ``V`` has shape (n, r, d); returns ``out`` of shape (n, m, d) (allocated if not given; it may
-    be a view into a larger array, written in place). With the seeded orthonormal block R
-    (:func:`_seed_layout`) and ``A = V R^T``, the projection ``W = R - A^T V`` has Gram matrix
-    ``W W^T = I - A^T A`` exactly, so ``S^(-1/2) W`` with ``S = I - A^T A`` (an m x m
-    eigendecomposition) is orthonormal and orthogonal to V: matrix products and m x m
-    factorisations only, O(n d m (r + m)), computed in blocks of columns, so that besides the
-    result only O(d) and blocks of at most ``_BLOCK_ELEMS`` elements are allocated. Where ``W``
-    is (nearly) rank deficient - R almost inside span(V) - the next seeded block is tried for
-    those inputs.
+    ``V`` has shape (n, r, d): orthonormal rows to their rounding (a Gram lift's rows of tiny
+    eigenvalues are so only to about ``eps sqrt(lambda_1 / lambda)``), zero rows allowed. Returns
+    ``out`` of shape (n, m, d) (allocated if not given; it may be a view into a larger array,
+    written in place). With the seeded orthonormal block R (:func:`_seed_layout`), ``A = R V^T``
+    and ``G = V V^T``, the projection ``W = R - A G^-1 V`` is orthogonal to the rows of V exactly
+    (whatever their rounding) and has Gram matrix ``S = I - A G^-1 A^T``, so ``S^(-1/2) W`` is the
+    completion: products and r x r, m x m factorisations only, O(n d (m + r) r), computed in blocks
+    of columns, so that besides the result only O(d) and blocks of at most ``_BLOCK_ELEMS``
+    elements are allocated. Where ``S`` is nearly singular - R almost inside span(V) - the next
+    seeded block is tried for those inputs.
     """
     n, r = V.shape[0], V.shape[1]
     if out is None:
@@ -526,27 +534,41 @@ def _null_completion(V: np.ndarray, d: int, m: int, out: np.ndarray | None = Non
     todo = np.arange(n)
     for attempt in range(8):
         layout = None if d * m <= _SEED_CACHE_ELEMS else _seed_layout(d, m, attempt)
-        Vt = V if todo.size == n else V[todo]
+        whole = todo.size == n
+        Vt = V if whole else V[todo]
         step = max(1, _BLOCK_ELEMS // max(1, todo.size * max(m, r)))
         blocks = [slice(c, min(c + step, d)) for c in range(0, d, step)]
-        seed = [_seed_columns(d, m, attempt, blk, layout) for blk in blocks] if len(blocks) == 1 else None
-        At = sum(np.matmul(seed[0] if seed else _seed_columns(d, m, attempt, blk, layout),
-                           np.swapaxes(Vt[:, :, blk], -1, -2)) for blk in blocks)  # A^T = R V^T, (t, m, r)
-        lam, E = np.linalg.eigh(np.eye(m) - At @ np.ascontiguousarray(np.swapaxes(At, -1, -2)))
-        good = lam.min(axis=-1) > 1e-6  # R has unit rows: below this, too close to span(V)
-        T = (E / np.sqrt(np.where(lam > 0, lam, 1.0))[..., None, :]) @ np.ascontiguousarray(np.swapaxes(E, -1, -2))
-        whole = bool(good.all()) and todo.size == n
-        for blk in blocks:
-            Wb = At @ Vt[:, :, blk]  # (t, m, block); in place from here (fresh pages cost page faults)
-            np.subtract(seed[0] if seed else _seed_columns(d, m, attempt, blk, layout), Wb, out=Wb)
-            if whole:
-                np.matmul(T, Wb, out=out[:, :, blk])
-            else:
-                out[todo[good], :, blk] = (T @ Wb)[good]
+        seeds = [_seed_columns(d, m, attempt, blk, layout) for blk in blocks] if len(blocks) == 1 else None
+        A = np.zeros((todo.size, m, r))
+        G = np.zeros((todo.size, r, r))
+        for i, blk in enumerate(blocks):
+            Vb = np.ascontiguousarray(np.swapaxes(Vt[:, :, blk], -1, -2))  # (t, block, r)
+            A += (seeds[0] if seeds else _seed_columns(d, m, attempt, blk, layout)) @ Vb
+            G += Vt[:, :, blk] @ Vb
+        G[:, np.arange(r), np.arange(r)] += np.diagonal(G, axis1=1, axis2=2) == 0  # zero rows of V
+        AG = np.swapaxes(np.linalg.solve(G, np.swapaxes(A, -1, -2)), -1, -2)  # A G^-1, (t, m, r)
+        T, good = _inv_sqrt(np.eye(m) - AG @ np.ascontiguousarray(np.swapaxes(A, -1, -2)))
+        dest = out if whole else np.empty((todo.size, m, d))
+        for i, blk in enumerate(blocks):
+            Wb = AG @ Vt[:, :, blk]  # (t, m, block); in place from here (fresh pages cost page faults)
+            np.subtract(seeds[0] if seeds else _seed_columns(d, m, attempt, blk, layout), Wb, out=Wb)
+            np.matmul(T, Wb, out=dest[:, :, blk])
+        if not whole or not good.all():
+            out[todo[good]] = dest[good]
         todo = todo[~good]
         if not todo.size:
             return out
     raise np.linalg.LinAlgError("null-space completion failed for 8 seeded blocks")  # pragma: no cover
+
+
+def _inv_sqrt(S: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``S^(-1/2)`` of a stack of symmetric m x m matrices, and where S is well conditioned (smallest
+    eigenvalue above 1e-6: the rows being completed are unit rows, below that they lie too close
+    to span(V))."""
+    lam, E = np.linalg.eigh((S + np.swapaxes(S, -1, -2)) / 2)
+    good = lam.min(axis=-1) > 1e-6
+    T = (E / np.sqrt(np.where(lam > 0, lam, 1.0))[..., None, :]) @ np.ascontiguousarray(np.swapaxes(E, -1, -2))
+    return T, good
 
 
 def _fix_signs(V: np.ndarray) -> np.ndarray:

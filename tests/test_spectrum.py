@@ -263,8 +263,10 @@ def test_float32_gram_agrees_with_dense_eigh_to_float32_precision(model_x, k):
     # float32 cannot resolve eigenvalues below its rounding band: those come out as exact zeros
     assert np.all((w32 == 0) | (w32 > 4 * d * EPS32 * top * 0.5))
     V32 = V32.reshape(k, -1)
-    # orthonormal to float32 precision of the lift F^T u / sqrt(mu): its error grows as sqrt(top / mu)
+    # orthonormal to float32 precision of the lift F^T u / sqrt(mu): its error grows as sqrt(top / mu);
+    # the null-space padding is orthogonal to the lifted vectors to their precision
     scale = np.sqrt(top / np.where(w32 > 0, w32, top))
+    scale[w32 == 0] = scale.max()
     np.testing.assert_array_less(np.abs(V32 @ V32.T - np.eye(k)), 10 * d * EPS32 * np.outer(scale, scale) + 1e-12)
     full = np.linalg.eigvalsh(G)[::-1]
     for i in range(k):
@@ -309,8 +311,12 @@ def test_pad_null_space_false_gives_zero_vectors_past_the_rank(model_x, method):
     pos = w > 0
     np.testing.assert_array_equal(V0[pos], V[pos])
     assert np.all(V0[~pos] == 0)
+    # padded: orthonormal, to the precision of the eigenvectors (a tiny eigenvalue's vector, lifted
+    # from the Gram matrix, is orthogonal to the others only to about eps sqrt(lambda_1 / lambda))
     Vp = V.reshape(k, -1)
-    np.testing.assert_allclose(Vp @ Vp.T, np.eye(k), atol=1e-8)  # padded: orthonormal
+    scale = np.sqrt(w[0] / np.where(pos, w, w[0])) if w[0] > 0 else np.ones(k)
+    scale[~pos] = scale.max()
+    np.testing.assert_array_less(np.abs(Vp @ Vp.T - np.eye(k)), 1e-8 + 1e3 * EPS * np.outer(scale, scale))
 
 
 def test_pad_null_space_false_never_builds_the_padding(monkeypatch):
@@ -340,7 +346,7 @@ def test_k_far_above_the_rank_on_a_large_input_costs_memory_of_the_result_only()
         pytest.skip("needs Linux /proc/self/clear_refs to reset the peak resident memory")
     from fisher_ref.backends import LogisticRegressionModel
 
-    shape, k = (3, 128, 128), 100
+    shape, k = (3, 256, 256), 100
     model = LogisticRegressionModel.random(shape, 10, scale=0.01, rng=0)
     x = np.random.default_rng(0).uniform(0, 1, shape)
     model.class_gradients(x)
@@ -355,11 +361,11 @@ def test_k_far_above_the_rank_on_a_large_input_costs_memory_of_the_result_only()
             hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
         return (hwm - base) / 1024, out
 
-    v_mb = k * x.size * 8 / 2**20  # 37.5 MB
+    v_mb = k * x.size * 8 / 2**20  # 150 MB; before the in-place padding the peak was 6x that
     mem_pad, (w, V) = peak_extra_mb()
     mem_nopad, (w0, V0) = peak_extra_mb(pad_null_space=False)
     assert np.count_nonzero(w) == 9 and np.array_equal(w, w0)
-    assert mem_pad < 1.6 * v_mb + 20, mem_pad
-    assert mem_nopad < 0.3 * v_mb + 20, mem_nopad
+    assert mem_pad < 1.6 * v_mb + 64, mem_pad  # the result, blocks of temporaries, fixed overheads
+    assert mem_nopad < 0.2 * v_mb + 64, mem_nopad
     Vr = V.reshape(k, -1)
     np.testing.assert_allclose(Vr @ Vr.T, np.eye(k), atol=1e-12)
