@@ -667,7 +667,7 @@ def fisher_spectrum(x: Any, backend: Any, k: int = 20, *, method: str = "auto", 
         eigenvalues agree with the float64 ones to about ``sqrt(d) eps32 lambda_1``, and
         eigenvalues below ``4 d eps32 lambda_1`` (which float32 cannot resolve) are returned as
         0; use float64 where small eigenvalues matter (their logarithms, as detection features).
-        Unused by the other methods (they compute in float64).
+        The other methods compute in float64: asking them for float32 is a ValueError.
     pad_null_space : bool
         Eigenvalues past rank(G) <= C - 1 are exact zeros. With True (default) their vectors
         ``V[j, i]`` are orthonormal vectors of the null space (a fixed, seeded choice), computed in
