@@ -79,6 +79,10 @@ class SpectrumInfo:
         Number of vectors G was applied to (per input); 0 for direct methods.
     rank_bound : int or ndarray
         Bound on rank(G) used to decide which eigenvalues are exactly zero.
+    extra : dict
+        Further facts; from :func:`fisher_spectrum`: ``"probabilities"``, p(y | x) of shape (n, C)
+        at the inputs (computed on the way: the attacks use it instead of another forward pass),
+        ``"precision"``, ``"pad_null_space"`` and, for the sampled operator, ``"n_samples"``.
     """
 
     method: str
@@ -699,7 +703,7 @@ def fisher_spectrum(x: Any, backend: Any, k: int = 20, *, method: str = "auto", 
     x, backend = public_order(x, backend, "fisher_spectrum")
     b = as_backend(backend)
     xb, single = b.as_batch(x)
-    W, Vs, info, _ = batch_spectra(b, xb, k, method=method, operator=operator, n_samples=n_samples, tol=tol,
+    W, Vs, info, _ = _batch_spectra(b, xb, k, method=method, operator=operator, n_samples=n_samples, tol=tol,
                                    maxiter=maxiter, rng=rng, precision=precision, pad_null_space=pad_null_space)
     Vs = Vs.reshape((xb.shape[0], W.shape[1]) + b.input_shape)
     if single:
@@ -710,14 +714,13 @@ def fisher_spectrum(x: Any, backend: Any, k: int = 20, *, method: str = "auto", 
 PRECISIONS = ("float64", "float32")
 
 
-def batch_spectra(b: Any, xb: np.ndarray, k: Any, *, method: str = "auto", operator: str = "auto",
+def _batch_spectra(b: Any, xb: np.ndarray, k: Any, *, method: str = "auto", operator: str = "auto",
                   n_samples: int | None = None, tol: float | None = None, maxiter: int | None = None,
                   rng: Any = None, precision: str = "float64", pad_null_space: bool = True):
     """:func:`fisher_spectrum` on a batch ``xb`` already validated by the backend ``b``.
 
     Returns ``(w (n, k), V (n, k, d), info, probs (n, C))``: ``probs`` are the class probabilities
-    at ``xb`` that the eigensolve computed on its way (the attacks use them instead of another
-    forward pass).
+    at ``xb`` that the eigensolve computed on its way (also in ``info.extra["probabilities"]``).
     """
     method = check_method(method, METHODS)
     operator = check_method(operator, OPERATORS, "operator")
@@ -740,7 +743,7 @@ def batch_spectra(b: Any, xb: np.ndarray, k: Any, *, method: str = "auto", opera
     info = SpectrumInfo(method=method, operator=operator, reason=reason, n_iter=n_iter, n_products=n_prod,
                         rank_bound=ranks, extra={"n_samples": (n_samples or default_n_samples(b.n_classes))
                                                   if operator == "sampled" else None,
-                                                  "precision": precision, "pad_null_space": pad})
+                                                  "precision": precision, "pad_null_space": pad, "probabilities": P})
     return W, Vs, info, P
 
 

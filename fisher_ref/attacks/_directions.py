@@ -18,7 +18,7 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from .._spectrum import batch_spectra, fisher_spectrum
+from .._spectrum import fisher_spectrum
 from .._validation import as_float_array, check_labels, check_rng, shape_str
 from ._base import AttackResult, DegenerateSpectrumWarning, OSSAResult, Prepared, loss, per_input, prepare, unit
 
@@ -146,10 +146,11 @@ class OneStepAttack:
 
 
 def _ossa_compute(prep: Prepared, options: dict) -> tuple[np.ndarray, np.ndarray]:
-    w, V, _, p = batch_spectra(prep.backend, prep.x, 1, method=options.pop("method", "auto"),
-                               operator=options.pop("operator", "auto"), rng=options.pop("rng", None))
-    prep.learn(p)  # p(x) from the eigensolve's own forward pass: the sign test needs J(x)
-    return _top_pair((w, V.reshape(prep.x.shape[:1] + (1,) + prep.x.shape[1:])))
+    w, V, info = fisher_spectrum(prep.x, prep.backend, k=1, method=options.pop("method", "auto"),
+                                 operator=options.pop("operator", "auto"), rng=options.pop("rng", None),
+                                 return_info=True)
+    prep.learn(info.extra["probabilities"])  # p(x) from the eigensolve's own forward pass: the sign test's J(x)
+    return _top_pair((w, V))
 
 
 def _ossa_accept(given: Any, prep: Prepared) -> tuple[np.ndarray, np.ndarray]:

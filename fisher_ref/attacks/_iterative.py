@@ -6,7 +6,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .._spectrum import batch_spectra
+from .._spectrum import fisher_spectrum
 from .._validation import check_epsilon, check_int, check_real
 from ._base import (AttackResult, IterativeAttackResult, Prepared, clip, finish, flat_norm, per_epsilon, per_input,
                     predictions, prepare)
@@ -139,8 +139,9 @@ def iterative_ossa(x: Any, backend: Any, *, epsilon: float | Sequence[float], st
     def make_direction(prep: Prepared) -> Direction:
         def step(xr: np.ndarray, rows: np.ndarray):
             b = prep.backend
-            w, V, _, p = batch_spectra(b, xr, 1, method=method, operator=operator, rng=rng)
-            _, v = _top_pair((w, V.reshape(xr.shape[:1] + (1,) + xr.shape[1:])))
+            w, V, info = fisher_spectrum(xr, b, k=1, method=method, operator=operator, rng=rng, return_info=True)
+            p = info.extra["probabilities"]
+            _, v = _top_pair((w, V))
             here = Prepared(b, xr, False, prep.bounds, labels=prep.labels[rows], probs=p)
             idx = np.arange(xr.shape[0])
             return per_input(ossa_signs(here, v, np.full(idx.size, step_size), idx).signs, xr.ndim) * v, p
