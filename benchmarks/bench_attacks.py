@@ -382,11 +382,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     args.device = "cpu"
     warnings.simplefilter("ignore", UserWarning)
-    machine = bs.setup_machine(args.threads, args.device)
-    results = [bench_row(row.strip(), args) for row in args.rows.split(",") if row.strip()]
-    write(results, Path(args.out), machine)
-    print(f"\nwrote {args.out}/attacks.md and attacks.json")
-    return 0
+    return bs.run_rows(bench_row, write, args, "attacks.md and attacks.json")
 
 
 if __name__ == "__main__":

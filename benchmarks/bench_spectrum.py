@@ -430,10 +430,15 @@ def main(argv=None) -> int:
         _memory_child(row, method, int(k), args)
         return 0
 
+    return run_rows(bench_row, write, args, "spectrum_methods.md, .csv and .json")
+
+
+def run_rows(bench_row, write, args, written: str) -> int:
+    """Describe the machine, run ``bench_row(row, args)`` for each of ``args.rows``, write the results."""
     machine = setup_machine(args.threads, args.device)
     results = [bench_row(row.strip(), args) for row in args.rows.split(",") if row.strip()]
     write(results, Path(args.out), machine)
-    print(f"\nwrote {args.out}/spectrum_methods.md, .csv and .json")
+    print(f"\nwrote {args.out}/{written}")
     return 0
 
 
