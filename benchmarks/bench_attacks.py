@@ -355,7 +355,7 @@ def _report_lines(r: dict) -> list[str]:
 def write(results: list[dict], out: Path, machine: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "attacks.json").write_text(json.dumps({"machine": machine, "results": results}, indent=1))
-    lines = ["# Attack and spectrum paths against the unavoidable work (issue 13)\n", f"Machine: {machine}\n",
+    lines = ["# Attack and spectrum paths against the unavoidable work\n", f"Machine: {machine}\n",
              "Times per input, medians of interleaved rounds in one run; every ratio is taken within it.\n"]
     for r in results:
         lines += [f"\n## {r['label']}\n", f"Batch of {r['n']}: {r['data']}.\n", "| path | ms per input |", "|---|---|"]

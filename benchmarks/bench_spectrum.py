@@ -39,6 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fisher_ref._text import count
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -205,7 +207,7 @@ def bench_row(row: str, args) -> dict:
     b = TorchBackend(model, input_shape=shape, device=args.device)
     C = b.probabilities(X[:1]).shape[1]
     d = math.prod(shape)
-    print(f"\n== {label}; {len(X)} inputs: {data_label}; device {b.device}")
+    print(f"\n== {label}; {count(len(X), 'input')}: {data_label}; device {b.device}")
     skip_dense = d > 20000  # the d x d matrix alone would take d^2 * 8 bytes
     res: dict = {"row": row, "label": label, "data": data_label, "C": C, "d": d, "device": str(b.device),
                  "trained": trained, "methods": [], "k_values": list(args.k)}
@@ -278,7 +280,7 @@ def bench_row(row: str, args) -> dict:
     alias_res = fr.ossa(X, b, epsilon=eps, method="lanczos", operator="sampled", rng=args.seed)
     res["ossa_fooling"] = {"epsilon": eps, "exact": exact_res.fooling_rate, "alias": alias_res.fooling_rate}
     print(f"  OSSA fooling rate at epsilon {eps:g}: exact {exact_res.fooling_rate:.1%}, "
-          f"Alias+Lanczos {alias_res.fooling_rate:.1%} ({len(X)} inputs)")
+          f"Alias+Lanczos {alias_res.fooling_rate:.1%} ({count(len(X), 'input')})")
 
     # batched OSSA vs a per-input loop
     nb = (args.ossa_batch * (4 if row == "mnist" else 1)) if small else min(args.ossa_batch, 4)
@@ -287,7 +289,7 @@ def bench_row(row: str, args) -> dict:
     t_loop, _ = _time(lambda: [fr.ossa(x, b, epsilon=eps) for x in Xb], 1)
     res["ossa_throughput"] = {"n": nb, "batched_per_s": nb / t_batch, "loop_per_s": nb / t_loop,
                               "speedup": t_loop / t_batch}
-    print(f"  batched OSSA on {nb} inputs: {nb / t_batch:.1f} inputs/s, per-input loop {nb / t_loop:.1f} inputs/s "
+    print(f"  batched OSSA on {count(nb, 'input')}: {nb / t_batch:.1f} inputs/s, per-input loop {nb / t_loop:.1f} inputs/s "
           f"({t_loop / t_batch:.1f}x)")
 
     # the ONNX Runtime backend on the same model
@@ -345,7 +347,7 @@ def write(results: list[dict], out: Path, machine: str) -> None:
         t = r["ossa_throughput"]
         lines += [f"\nOSSA fooling rate at epsilon {o['epsilon']:g}: exact {o['exact']:.1%}, "
                   f"Alias+Lanczos {o['alias']:.1%}.\n",
-                  f"Batched OSSA on {t['n']} inputs: {t['batched_per_s']:.2f} inputs/s; per-input loop "
+                  f"Batched OSSA on {count(t['n'], 'input')}: {t['batched_per_s']:.2f} inputs/s; per-input loop "
                   f"{t['loop_per_s']:.2f} inputs/s; speed-up {t['speedup']:.1f}x.\n"]
         if "onnx_vs_torch" in r:
             lines += ["\n| ONNX Runtime vs torch | torch (s) | ONNX (s) | ONNX / torch |", "|---|---|---|---|"]
@@ -365,7 +367,7 @@ def _targets(r: dict) -> list[str]:
     gram = by.get((k, "Gram, exact (ours)"))
     mf = [by.get((k, n)) for n in ("matrix-free Lanczos (ours)", "matrix-free block Lanczos (ours)")]
     best = min([m for m in [gram] + mf if m], key=lambda m: m["time_s"])
-    out = ["\nTargets (issue 4):\n"]
+    out = ["\nTargets:\n"]
     if r["C"] <= 100:
         dense = by.get((k, "dense eigh (paper)"))
         out.append(f"- exact top-{k} ({best['method']}) / Jacobian = {best['ratio_to_jacobian']:.2f} (target <= 1.2)")

@@ -9,6 +9,7 @@ into a fresh ``./fisher-ref-audit/run-YYYYmmdd-HHMMSS/``.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 _AUDIT_EPILOG = """\
@@ -112,7 +113,13 @@ def _error_line(exc) -> str:
     msg = " ".join(str(exc).split())
     if isinstance(exc, ConfigError) and exc.option and msg.startswith(f"{exc.option} "):
         msg = _flag(exc.option) + msg[len(exc.option):]
-    return f"fisher-ref audit: error: {msg}"
+    return f"fisher-ref audit: error: {_without_keywords(msg)}"
+
+
+def _without_keywords(msg: str) -> str:
+    """The message without the library keywords it gives in brackets beside a flag ("pass --force to
+    overwrite (force=True)" -> "pass --force to overwrite"): the CLI speaks in flags, the library in keywords."""
+    return re.sub(r" \(\w+=(?:True|False)?\)", "", msg)
 
 
 def _audit_options(args) -> dict:
@@ -158,6 +165,7 @@ def _run_audit(args) -> int:
 
 def _print_result(res) -> int:
     from ._text import count
+    from .audit._summary import fooling_rate_population
 
     if not res.complete:
         return 0
@@ -168,9 +176,9 @@ def _print_result(res) -> int:
         return "n/a" if v is None else f"{100 * v:5.1f}%"
 
     acc = "" if s["accuracy"] is None else f", accuracy {100 * s['accuracy']:.1f}%"
-    print(f"\naudited {s['n_inputs']} inputs in {res.seconds:.1f} s{acc} "
+    print(f"\naudited {count(s['n_inputs'], 'input')} in {res.seconds:.1f} s{acc} "
           f"({count(len(res.shards_computed), 'shard')} computed, {len(res.shards_skipped)} resumed)")
-    print(f"fooling rate over {fr['n']} {fr['over']}:")
+    print(f"fooling rate over {fooling_rate_population(fr)}:")
     print("  epsilon " + "".join(f"{e:>8g}" for e in fr["epsilons"]))
     print("  OSSA    " + "".join(f"{pct(v):>8}" for v in fr["ossa"]))
     print("  FGM     " + "".join(f"{pct(v):>8}" for v in fr["fgm"]))
@@ -180,7 +188,7 @@ def _print_result(res) -> int:
               f"{s['config']['max_epsilon']:g}: {pct(s['least_perturbation']['fooled_within_max_epsilon']).strip()}")
     rho = s["spearman"]["rho"]
     if rho is not None:
-        print(f"Spearman rho(log lambda_1, least perturbation) = {rho:.3f} over {s['spearman']['n']} inputs")
+        print(f"Spearman rho(log lambda_1, least perturbation) = {rho:.3f} over {count(s['spearman']['n'], 'input')}")
     print(f"wrote {res.out}/: " + ", ".join(sorted(res.files)))
     if "report.html" in res.files:
         print(f"open {res.files['report.html'].resolve()}")

@@ -2,7 +2,7 @@
 eigendecomposition, Lanczos, Alias+Lanczos, power iteration, Alias+power) and fisher_ref's exact
 ones, CIFAR-10 VGG and an ImageNet-shaped ResNet.
 
-This reuses the benchmark of issue 4, ``benchmarks/bench_spectrum.py`` (nothing is duplicated): it is
+This reuses the spectrum benchmark, ``benchmarks/bench_spectrum.py`` (nothing is duplicated): it is
 run with the trained CIFAR-10 VGG of ``paper_results/models`` and writes its full tables (times, ratios
 to one input Jacobian, accuracy of the approximate methods, memory) into ``results/table1/``. This
 script then puts the per-input times next to the paper's. The ILSVRC-2012 row is measured on an

@@ -622,6 +622,10 @@ def _x(shape=(5, 4), fill=None):
 @pytest.mark.parametrize("data, extra, message", [
     (_x((5, 5)), [], "inputs have shape (5,), but the model expects (4,) per input"),
     (_x((5, 2, 3)), [], "inputs have shape (2, 3), but the model expects (4,) per input"),
+    (_x((2, 2)), [], "the whole array (2, 2) has the size of one input: if it is a single input, add a batch axis "
+                     "(save it with shape (1, 2, 2)"),
+    (_x((4,)), [], "data has shape (4,); expected a batch (n, *input_shape): if it is a single input, add a batch "
+                   "axis (save it with shape (1, 4)"),
     (_x(fill=np.nan), [], "data contains 1 NaN and 0 Inf values (in 1 input, the first at index 2)"),
     (_x(fill=np.inf), [], "data contains 0 NaN and 1 Inf values"),
     (np.zeros((0, 4)), [], "data is empty"),

@@ -235,6 +235,7 @@ def test_17_2_a_stale_lock_is_reported_and_broken_on_request(case, tmp_path, cap
     _lock(out, pid)
     err = one_line_error(*run([*case["args"], "--out", out, "--resume"], capsys)[::2])
     assert f"stale lock of process {pid}, which is no longer running" in err and "--break-lock" in err
+    assert "break_lock=True" not in err  # the CLI speaks in flags, not keywords
     code, stdout, err = run([*case["args"], "--out", out, "--resume", "--break-lock"], capsys)
     assert code == 0, err
     assert f"removed the stale lock of process {pid}" in stdout

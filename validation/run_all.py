@@ -21,6 +21,8 @@ import time
 import traceback
 from pathlib import Path
 
+from fisher_ref._text import count
+
 CHECKS = {
     "golden": "golden reference cases vs closed-form / dense float64 answers",
     "cross_backend": "NumPy, torch f32/f64, ONNX Runtime vs dense float64 Jacobian FIM",
@@ -36,7 +38,7 @@ def _summary(name: str, records) -> tuple[str, str]:
             rs = [r for r in records if r["dtype"] == dt]
             if rs:
                 worst = max(max(r[q] for q in ("probs", "grads", "eigenvalues", "eigenvectors", "ossa_eta")) for r in rs)
-                out.append(f"{dt} {worst:.1e} ({len(rs)} cases)")
+                out.append(f"{dt} {worst:.1e} ({count(len(rs), 'case')})")
         return ", ".join(out), "1e-8..1e-12 (float64), 1e-3..1e-5 (float32)"
     if name == "cross_backend":
         out = []

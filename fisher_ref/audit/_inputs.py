@@ -23,6 +23,7 @@ from ._model import jsonable_providers, open_model, with_normalization
 from ._outdir import FORMAT_VERSION
 from ._prepare import prepare_data, resolve_bounds
 from ._shards import ShardSpec
+from .._text import count
 from .._validation import shape_str
 
 __all__ = ["Prepared", "prepare_inputs", "check_dependencies"]
@@ -123,7 +124,7 @@ def prepare_inputs(model: Any, data: Any, labels: Any, cfg, say) -> Prepared:
     bounds = resolve_bounds(x, cfg.bounds, scaled=prep["scale"] != "none")
     backend = with_normalization(backend, cfg.mean, cfg.std)
     k = effective_k(cfg.k, math.prod(input_shape), int(backend.n_classes), say)
-    say(f"data:  {x.shape[0]} inputs of shape {shape_str(input_shape)} from {raw.description['source']} "
+    say(f"data:  {count(x.shape[0], 'input')} of shape {shape_str(input_shape)} from {raw.description['source']} "
         f"({'labels given' if y is not None else 'no labels: attacking the predictions'})")
     inner = getattr(backend, "inner", backend)
     spec = ShardSpec(model=model_path, providers=jsonable_providers(cfg.providers), input_name=inner.input_name,

@@ -77,14 +77,23 @@ def _to_model_layout(x: np.ndarray, shape: tuple, layout: str) -> tuple[np.ndarr
         return np.ascontiguousarray(x).reshape((n,) + shape), what + f"reshaped {d} -> {shape}"
     raise DataError(f"data: inputs have shape {shape_str(d)}, but the model expects {shape_str(shape)} per input"
                     + ("" if layout == "auto" else f" (with --layout {layout})")
-                    + "; check --layout, --resize or the model")
+                    + _missing_batch_axis_hint(x.shape, shape) + "; check --layout, --resize or the model")
+
+
+def _missing_batch_axis_hint(data_shape: tuple, shape: tuple) -> str:
+    """A note when the whole array has the size of one input: the batch axis is probably missing."""
+    if math.prod(data_shape) != math.prod(shape):
+        return ""
+    return (f"; the whole array {shape_str(data_shape)} has the size of one input: if it is a single input, "
+            f"add a batch axis (save it with shape {shape_str((1,) + tuple(data_shape))}, e.g. x[None])")
 
 
 def _check_raw(raw: np.ndarray, labels: np.ndarray | None) -> None:
     if raw.dtype.kind not in "biuf":
         raise DataError(f"data must hold real numbers, got an array of dtype {raw.dtype}")
     if raw.ndim < 2:
-        raise DataError(f"data has shape {shape_str(raw.shape)}; expected a batch (n, *input_shape)")
+        raise DataError(f"data has shape {shape_str(raw.shape)}; expected a batch (n, *input_shape): if it is a "
+                        f"single input, add a batch axis (save it with shape {shape_str((1,) + raw.shape)}, e.g. x[None])")
     if raw.shape[0] == 0:
         raise DataError(f"data is empty: shape {shape_str(raw.shape)}, 0 inputs")
     if labels is not None and labels.shape[0] != raw.shape[0]:

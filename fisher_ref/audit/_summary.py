@@ -43,6 +43,16 @@ def _fooling(cols: dict, att: np.ndarray, eps: list, has_labels: bool) -> dict:
             "n": n_att}
 
 
+def fooling_rate_population(fr: dict, *, why: bool = True) -> str:
+    """Who the fooling rates are over, for a sentence: "8 correctly classified inputs", "1 input
+    (no labels: the model's predictions are attacked)"."""
+    from .._text import count
+
+    if "correct" in fr["over"]:
+        return count(fr["n"], "correctly classified input")
+    return count(fr["n"], "input") + (" (no labels: the model's predictions are attacked)" if why else "")
+
+
 def _spearman(lam1: np.ndarray, lp: np.ndarray, att: np.ndarray) -> dict:
     from scipy.stats import spearmanr
 
