@@ -14,18 +14,18 @@ if _REPO not in sys.path:
     sys.path.insert(0, _REPO)
 
 # Tests write only into temporary folders: unless the user names a cache (FISHER_REF_CACHE), the
-# library's cache (decoded CIFAR-10 arrays, paper_results chunks) and matplotlib's font cache go into
-# one temporary folder for the session, removed at its end. Subprocesses (the CLI) inherit both.
-_TEMP_HOME = None
-if not os.environ.get("FISHER_REF_CACHE") or not os.environ.get("MPLCONFIGDIR"):
-    _TEMP_HOME = tempfile.mkdtemp(prefix="fisher_ref-tests-")
-    os.environ.setdefault("FISHER_REF_CACHE", os.path.join(_TEMP_HOME, "cache"))
-    os.environ.setdefault("MPLCONFIGDIR", os.path.join(_TEMP_HOME, "matplotlib"))
+# library's cache (decoded CIFAR-10 arrays, paper_results chunks) goes into one temporary folder for the
+# session, removed at its end; so do the caches that other libraries write under the home folder
+# (matplotlib's font list, ONNX Runtime's device id in $XDG_CACHE_HOME, Keras's config) unless the
+# user's environment names them. Subprocesses (the CLI) inherit all of them.
+_TEMP_HOME = tempfile.mkdtemp(prefix="fisher_ref-tests-")
+for _var, _sub in (("FISHER_REF_CACHE", "cache"), ("MPLCONFIGDIR", "matplotlib"), ("XDG_CACHE_HOME", "xdg-cache"),
+                   ("KERAS_HOME", "keras")):
+    os.environ.setdefault(_var, os.path.join(_TEMP_HOME, _sub))
 
 
 def pytest_sessionfinish(session, exitstatus):
-    if _TEMP_HOME is not None:
-        shutil.rmtree(_TEMP_HOME, ignore_errors=True)
+    shutil.rmtree(_TEMP_HOME, ignore_errors=True)
 
 
 settings.register_profile("default", max_examples=30, deadline=None,
