@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .._backend import Backend, MissingCapabilityError
+from .._text import one_line
 from .._validation import PROB_SUM_RTOL, check_int, check_method, shape_str
 
 __all__ = ["TorchBackend"]
@@ -164,6 +165,8 @@ class TorchBackend(Backend):
         if self._dropouts:
             caps.add("stochastic_probabilities")
         self.capabilities = frozenset(caps)
+        if self.input_shape is not None:
+            self._check_input_shape()
 
     # ------------------------------------------------------------------ construction helpers
     def _check_device(self, device: Any):
@@ -308,30 +311,48 @@ class TorchBackend(Backend):
         return self.n_classes
 
     # ------------------------------------------------------------------ shape probe
+    def _probe_scores(self, a: np.ndarray, what: str) -> tuple[int | None, str]:
+        """``(C, "")`` if the model maps the batch ``a`` to ``(len(a), C)`` scores with C >= 2, else
+        ``(None, why not)``."""
+        torch = self._torch
+        try:
+            with torch.inference_mode():
+                out = self.model(self._to_tensor(a))
+        except Exception as exc:  # the model refuses this shape
+            return None, f"{what} raised {type(exc).__name__}: {one_line(exc)}"
+        shp = tuple(out.shape) if isinstance(out, torch.Tensor) else None
+        if shp is not None and len(shp) == 2 and shp[0] == a.shape[0] and shp[1] >= 2:
+            return int(shp[1]), ""
+        return None, f"{what} returned {type(out).__name__ if shp is None else shape_str(shp)}"
+
+    def _check_input_shape(self) -> None:
+        """One forward of a zero input of ``input_shape``: a shape the model cannot take is refused
+        here, naming ``input_shape``, rather than as the model's own error in the first call. (An
+        output of the wrong shape is reported by the calls, on the caller's inputs.)"""
+        torch = self._torch
+        try:
+            with torch.inference_mode():
+                self.model(self._to_tensor(np.zeros((1, *self.input_shape), dtype=self.dtype)))
+        except Exception as exc:
+            raise ValueError(f"input_shape {tuple(self.input_shape)} does not fit the model: "
+                             f"model(torch.zeros((1, *input_shape))) raised {type(exc).__name__}: {one_line(exc)}; "
+                             "pass the shape of one input, without the batch axis") from exc
+
     def _infer_input_shape(self, x: np.ndarray) -> tuple[int, ...]:
         """Probe the model: ``x`` is a batch if ``model(x[:2])`` has shape ``(len(x[:2]), C)``, one
         input if ``model(x[None])`` has shape ``(1, C)``; else ValueError asking for ``input_shape=``.
 
         Only the first two rows of a candidate batch are run (the model treats inputs independently).
         """
-        torch = self._torch
         if x.ndim == 0:
             raise ValueError("x must have at least one dimension, got a scalar")
         why = []
 
         def probe(a: np.ndarray, what: str) -> int | None:
-            """C if the model maps ``a`` to (len(a), C) with C >= 2, else None (reason in ``why``)."""
-            try:
-                with torch.inference_mode():
-                    out = self.model(self._to_tensor(a))
-            except Exception as exc:  # the model refuses this shape: not the right reading of x
-                why.append(f"{what} raised {type(exc).__name__}: {exc}")
-                return None
-            shp = tuple(out.shape) if isinstance(out, torch.Tensor) else None
-            if shp is not None and len(shp) == 2 and shp[0] == a.shape[0] and shp[1] >= 2:
-                return int(shp[1])
-            why.append(f"{what} returned {type(out).__name__ if shp is None else shape_str(shp)}")
-            return None
+            C, reason = self._probe_scores(a, what)
+            if C is None:
+                why.append(reason)
+            return C
 
         if x.ndim >= 2:
             a = x[:2]

@@ -37,7 +37,12 @@ def check_rng(rng: None | int | np.random.Generator, name: str = "rng") -> np.ra
     """Normalise ``None | int | Generator`` to a :class:`numpy.random.Generator`."""
     if isinstance(rng, np.random.Generator):
         return rng
-    if rng is None or (isinstance(rng, numbers.Integral) and not isinstance(rng, bool)):
+    if rng is None:
+        return np.random.default_rng()
+    if isinstance(rng, numbers.Integral) and not isinstance(rng, bool):
+        if rng < 0:
+            raise ValueError(f"{name} must be a non-negative int seed (or None, or a numpy.random.Generator), "
+                             f"got {rng}")
         return np.random.default_rng(rng)
     if isinstance(rng, np.random.SeedSequence):
         return np.random.default_rng(rng)

@@ -308,6 +308,10 @@ def test_errors():
         TorchBackend(tm.mlp_tanh(0), device="no-such-device")
     with pytest.raises(TypeError, match="torch.nn.Module"):
         TorchBackend(lambda x: x)
+    # an input_shape the model cannot take: named at construction, with the model's own error
+    with pytest.raises(ValueError, match=r"input_shape \(4,\) does not fit the model: .*RuntimeError: mat1 and "
+                                         r"mat2 shapes cannot be multiplied.*pass the shape of one input"):
+        TorchBackend(nn.Linear(3, 5), input_shape=(4,))
     x = np.random.default_rng(0).standard_normal((3, 4))
     # wrong output shapes: (n,) and (n, 1)
     b = TorchBackend(nn.Sequential(nn.Linear(4, 1), nn.Flatten(0)), input_shape=(4,))

@@ -3,8 +3,16 @@
 import numpy as np
 import pytest
 
-from fisher_ref._validation import check_int, check_real
+import fisher_ref as fr
+from fisher_ref._validation import check_int, check_real, check_rng
 
+
+def _mlp():
+    from fisher_ref.backends import MLPModel
+
+    rng = np.random.default_rng(0)
+    return MLPModel([(rng.standard_normal((5, 4)), np.zeros(5)), (rng.standard_normal((3, 5)), np.zeros(3))],
+                    input_shape=(4,))
 
 
 @pytest.mark.parametrize("value, kw, exc, match", [
@@ -66,3 +74,21 @@ def test_one_error_names_every_missing_extra(monkeypatch):
     _extras.require_extras("detect", what="detection")  # present: nothing raised
     with pytest.raises(ValueError, match="extras must be among"):
         _extras.require_extras("gpu", what="x")
+
+
+@pytest.mark.parametrize("call", [
+    lambda rng: check_rng(rng),
+    lambda rng: fr.fisher_spectrum(np.zeros((1, 4)), _mlp(), k=2, method="lanczos", rng=rng),
+    lambda rng: fr.SampledFisherOperator.from_backend(np.zeros((1, 4)), _mlp(), 10, rng=rng),
+])
+def test_a_negative_seed_is_refused_by_the_library(call):
+    with pytest.raises(ValueError, match=r"rng must be a non-negative int seed .* got -1"):
+        call(-1)
+
+
+def test_check_rng_accepts_seeds_generators_and_none():
+    assert check_rng(0).integers(10**9) == np.random.default_rng(0).integers(10**9)
+    g = np.random.default_rng(3)
+    assert check_rng(g) is g and isinstance(check_rng(None), np.random.Generator)
+    with pytest.raises(TypeError, match="rng must be None, an int seed"):
+        check_rng("seed")
