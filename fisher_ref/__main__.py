@@ -119,7 +119,13 @@ def _error_line(exc) -> str:
 def _without_keywords(msg: str) -> str:
     """The message without the library keywords it gives in brackets beside a flag ("pass --force to
     overwrite (force=True)" -> "pass --force to overwrite"): the CLI speaks in flags, the library in keywords."""
-    return re.sub(r" \(\w+=(?:True|False)?\)", "", msg)
+    msg = re.sub(r" \(\w+=(?:True|False)?\)", "", msg)
+    return re.sub(_KEYWORD_ARGUMENTS, lambda m: "--" + m.group(0).replace("_", "-"), msg)
+
+
+# the audit's keyword arguments whose name differs from a plain word: in a message they become the flag
+_KEYWORD_ARGUMENTS = (r"(?<![\w.\-'\"])(?:input_name|output_name|batch_size|data_format|max_epsilon|shard_size|"
+                      r"n_vulnerable|force_any|break_lock|worker_timeout|max_shards)(?![\w=(])")
 
 
 def _audit_options(args) -> dict:

@@ -603,7 +603,7 @@ def test_two_inputs_with_input_name_still_refused(tmp_path, capsys):
     np.save(tmp_path / "x.npy", np.zeros((3, 4), np.float32))
     code, _, err = run(["audit", model, "--data", tmp_path / "x.npy", "--input-name", "a", "--out", tmp_path / "o"],
                        capsys)
-    assert code == 2 and "besides input_name 'a'" in err
+    assert code == 2 and "besides --input-name 'a'" in err
 
 
 @pytest.fixture

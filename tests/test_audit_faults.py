@@ -397,13 +397,14 @@ def test_17_5_output_name_chooses_among_several_outputs(tmp_path, capsys):
     np.save(tmp_path / "x.npy", np.random.default_rng(4).random((5, 4)))
     base = [model, "--data", tmp_path / "x.npy", "--no-report", "--no-progress"]
     err = one_line_error(*run([*base, "--out", tmp_path / "a"], capsys)[::2])
-    assert "has 2 graph outputs ['logits', 'probs']; pass --output-name (output_name=)" in err
+    assert "has 2 graph outputs ['logits', 'probs']; pass --output-name to choose the class scores" in err
+    assert "output_name=" not in err and "pass output_name" not in err
     code, _, err = run([*base, "--out", tmp_path / "b", "--output-name", "probs"], capsys)
     assert code == 0, err
     s = json.loads((tmp_path / "b" / "summary.json").read_text())
     assert s["model"]["output_name"] == "probs" and s["model"]["output_kind"] == "probabilities"
     err = one_line_error(*run([*base, "--out", tmp_path / "c", "--output-name", "nope"], capsys)[::2])
-    assert "output_name 'nope' is not a graph output of the model" in err
+    assert "--output-name 'nope' is not a graph output of the model" in err
 
 
 # ================ a full disk, kill -9: whole files or none, and --resume finishes
