@@ -5,7 +5,8 @@ graph itself with `onnx-ad <https://github.com/yacoda/onnx-ad>`_ (source transfo
 ONNX protobuf) and runs the derivative graphs in ordinary :class:`onnxruntime.InferenceSession` s:
 
 * a wrapper graph appends ``log p = LogSoftmax(logits)`` to the classifier (or ``Log(probs)`` when
-  it outputs probabilities; a final ``Softmax`` is replaced by ``LogSoftmax`` of its input);
+  it outputs probabilities; a final ``Softmax``, also one followed by shape-only nodes such as
+  ``Reshape``, is replaced by ``LogSoftmax`` of its input);
 * ``onnx_ad.reverse`` of the wrapper computes ``J_logp^T s`` for any number of seed directions
   ``s`` in one run: seeding ``-e_i`` for every class gives all per-class gradients
   ``g_i = grad_x(-log p_i)`` of a batch at once (paper eq. 6);
@@ -21,6 +22,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import warnings
 from collections import OrderedDict
 from typing import Any, Sequence
 
@@ -29,6 +31,7 @@ import numpy as np
 from .._backend import Backend, _check_shape
 from .._softmax import fisher_weights, log_softmax, softmax_seeds
 from .._validation import check_int, check_method, shape_str
+from ._onnx_graph import batch_coupled_nodes, describe, final_softmax, inferred_dims
 
 __all__ = ["OnnxBackend"]
 
@@ -114,7 +117,11 @@ class OnnxBackend(Backend):
     providers : list of str
         The providers the sessions were created with.
     batch_size : int
-        Inputs per run (the graph's own batch size when it declares a fixed one).
+        Inputs per run (the graph's own batch size when it declares a fixed one; 1 for a graph
+        that mixes the inputs of a batch).
+    batch_coupling_ : str or None
+        What mixes the inputs of a batch in the graph (e.g. ``"Softmax 'sm' over axis 0 (the batch
+        axis)"``), None when the inputs are independent.
 
     Raises
     ------
@@ -128,8 +135,9 @@ class OnnxBackend(Backend):
         not float32/float64; a dimension other than the batch dimension is symbolic and
         ``input_shape`` is not given; the output is not ``(batch, n_classes)`` with
         ``n_classes >= 2``; a declared ``output`` kind contradicts what the graph computes; an
-        operation cannot be differentiated by onnx-ad (the message names its type and node); or
-        a provider is not available (the message lists those that are).
+        operation cannot be differentiated by onnx-ad (the message names its type and node); the
+        graph mixes the inputs of a batch and fixes the batch size above 1; or a provider is not
+        available (the message lists those that are).
 
     Notes
     -----
@@ -155,8 +163,18 @@ class OnnxBackend(Backend):
     outside the graph, as in the torch backend: the gradient of ``-log p_c`` is ``J^T (p - e_c)``
     with ``p_c - 1 = expm1(log p_c)`` from a log-softmax that keeps a dominant class's
     ``log p_c`` accurate, so a saturated class's gradient keeps its relative accuracy.
-    ``output="probabilities"`` without a final ``Softmax`` node differentiates ``Log(probs)``: a
-    probability that underflows to 0 makes the gradients infinite and the public methods raise.
+    ``output="probabilities"`` without a final ``Softmax`` node (looked for through shape-only
+    nodes: ``Reshape``, ``Flatten``, ``Squeeze``, ``Unsqueeze``, ``Identity``) differentiates
+    ``Log(Max(probs, tiny))``: a probability that underflows to 0 in the graph's dtype counts as
+    ``tiny`` (its weight in G is below the dtype's resolution) and its class's gradient lacks the
+    part that flows through that probability.
+
+    **Inputs of a batch are independent.** Derivative runs stack different (input, seed) rows
+    along the batch axis, which is right only when no node mixes the rows. A graph that does (a
+    softmax, a reduction or a cumulative sum over axis 0, batch normalisation in training mode,
+    found in the graph or, for a dynamic batch axis, by a probe whose row 0 changes with the
+    other rows) is run one input per run (``batch_size`` 1, with a warning) and described in
+    :attr:`batch_coupling_`; with a fixed batch size above 1 it is refused.
 
     References
     ----------
@@ -207,8 +225,14 @@ class OnnxBackend(Backend):
                                                       [batch if batch is not None else "batch", *shape]),
                                      "the model", ValueError)
         self.providers = list(self._primal.get_providers())
+        self._dims = inferred_dims(onnx, _with_input_dims(onnx, self.model, self.input_name,
+                                                          [self._fixed_batch or 2, *shape]))
+        self.batch_coupling_ = self._batch_coupling()
+        if self.batch_coupling_:
+            self._one_input_per_run()
         probe = self._probe()
         self.n_classes = int(probe.shape[1])
+        self._softmax, _ = final_softmax(graph, self.output_name, self._opset, self._dims, self.n_classes)
         self.output_kind_, reason = self._output_kind(output, probe)
         if output == "auto":
             logger.info("OnnxBackend: output %r read as %s (%s)", self.output_name, self.output_kind_, reason)
@@ -238,8 +262,45 @@ class OnnxBackend(Backend):
         except Exception as exc:
             raise error(f"ONNX Runtime cannot load {what} (providers {self._providers}): {exc}") from exc
 
-    def _probe(self) -> np.ndarray:
+    def _batch_coupling(self) -> str | None:
+        """What mixes the rows of a batch in this graph (None when the rows are independent): nodes
+        found by :func:`~._onnx_graph.batch_coupled_nodes`, or, on a probe, row 0 of the output
+        changing when the other rows of the batch change."""
+        found = batch_coupled_nodes(self.model.graph, self.input_name, self._opset, self._dims)
+        if found:
+            return describe(found)
         n = self._fixed_batch or 2
+        if n < 2:
+            return None
+        rng = np.random.default_rng(1)
+        x = rng.random((n,) + self.input_shape).astype(self.dtype)
+        y = x.copy()
+        y[1:] = rng.random((n - 1,) + self.input_shape)
+        try:
+            a, b = (np.asarray(self._primal.run([self.output_name], {self.input_name: z})[0][0], np.float64)
+                    for z in (x, y))
+        except Exception:  # the probe batch of _probe reports a model that cannot run
+            return None
+        scale = max(1.0, float(np.abs(a).max()) if np.all(np.isfinite(a)) else 1.0)
+        if np.all(np.isfinite(a)) and np.all(np.isfinite(b)) and np.abs(a - b).max() > 1e-4 * scale:
+            return "on a probe, one input's output changes with the other inputs of its batch"
+        return None
+
+    def _one_input_per_run(self) -> None:
+        """Run a batch-coupled graph one input (and one seed) per run, or refuse a fixed batch > 1."""
+        if self._fixed_batch not in (None, 1):
+            raise ValueError(f"model mixes the inputs of a batch ({self.batch_coupling_}), and its input "
+                             f"{self.input_name!r} has a fixed batch size {self._fixed_batch}: one input's "
+                             "scores depend on the others, so per-input gradients are undefined; export the "
+                             "model with a dynamic (or size-1) batch axis")
+        if self.batch_size != 1:
+            warnings.warn(f"OnnxBackend: the model mixes the inputs of a batch ({self.batch_coupling_}); "
+                          f"each input is run alone (batch_size=1 instead of {self.batch_size}), which is "
+                          "slower but makes every input's results its own", stacklevel=3)
+        self.batch_size = 1
+
+    def _probe(self) -> np.ndarray:
+        n = self._fixed_batch or (1 if self.batch_coupling_ else 2)
         x = np.random.default_rng(0).random((n,) + self.input_shape).astype(self.dtype)
         try:
             out = self._primal.run([self.output_name], {self.input_name: x})[0]
@@ -254,24 +315,9 @@ class OnnxBackend(Backend):
             raise ValueError(f"model output {self.output_name!r} is not finite on a probe batch")
         return out.astype(np.float64)
 
-    def _final_node(self):
-        """The node producing the output, looking through Identity nodes."""
-        producer = {name: node for node in self.model.graph.node for name in node.output}
-        node = producer.get(self.output_name)
-        while node is not None and node.op_type == "Identity":
-            node = producer.get(node.input[0])
-        return node
-
-    def _softmax_over_classes(self, node) -> bool:
-        if node is None or node.op_type not in ("Softmax", "LogSoftmax"):
-            return False
-        default = -1 if self._opset >= 13 else 1
-        axis = next((a.i for a in node.attribute if a.name == "axis"), default)
-        return axis in (-1, 1)  # the output has rank 2
-
     def _output_kind(self, output: str, probe: np.ndarray) -> tuple[str, str]:
-        node = self._final_node()
-        final = node.op_type if self._softmax_over_classes(node) else None
+        node = self._softmax
+        final = node.op_type if node is not None else None
         tol = 10 * self.n_classes * float(np.finfo(self.dtype).eps)
         sums_to_one = bool(np.all(probe >= 0) and np.all(np.abs(probe.sum(axis=1) - 1) <= tol))
         if output == "auto":
@@ -307,13 +353,18 @@ class OnnxBackend(Backend):
         helper = onnx.helper
         model = _with_input_dims(onnx, self.model, self.input_name, [batch, *self.input_shape])
         graph = model.graph
-        z, node, kind = self.output_name, self._final_node(), self.output_kind_
-        final = node.op_type if self._softmax_over_classes(node) else None
+        z, node, kind = self.output_name, self._softmax, self.output_kind_
+        final = node.op_type if node is not None else None
         if (kind, final) in (("probabilities", "Softmax"), ("log_probabilities", "LogSoftmax")):
-            # the final (Log)Softmax's input: no log(0), and no (Log)Softmax node for onnx-ad
-            graph.node.append(helper.make_node("Identity", [node.input[0]], [self._log_p], name=self._log_p))
-        elif kind == "probabilities":
-            graph.node.append(helper.make_node("Log", [z], [self._log_p], name=self._log_p))
+            # the final (Log)Softmax's input, flattened to (batch, C) as the shape-only nodes after it
+            # do: no log(0), and no (Log)Softmax node for onnx-ad
+            graph.node.append(helper.make_node("Flatten", [node.input[0]], [self._log_p], name=self._log_p, axis=1))
+        elif kind == "probabilities":  # log max(p, tiny): a probability that underflowed has log p = log tiny
+            tiny = helper.make_tensor(self._log_p + "_tiny", self._out_elem, [],
+                                      [float(np.finfo(_DTYPES[self._out_elem]).tiny)])
+            graph.initializer.append(tiny)
+            graph.node.append(helper.make_node("Max", [z, tiny.name], [self._log_p + "_p"], name=self._log_p + "_p"))
+            graph.node.append(helper.make_node("Log", [self._log_p + "_p"], [self._log_p], name=self._log_p))
         else:  # logits; log-probabilities are scores too (log_softmax renormalises them)
             graph.node.append(helper.make_node("Identity", [z], [self._log_p], name=self._log_p))
         del graph.output[:]

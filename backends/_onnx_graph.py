@@ -1,0 +1,185 @@
+"""Reading an ONNX classifier's graph: where its softmax is, and whether its inputs are independent.
+
+Two questions :class:`~fisher_ref.backends.OnnxBackend` asks of a graph before it differentiates it:
+
+* :func:`final_softmax`: is the output a ``Softmax`` (or ``LogSoftmax``) over the classes, possibly
+  followed by nodes that only change the shape (``Softmax -> Reshape``)? Then the softmax's input
+  is the logits, and ``log p`` is computed from them without ``Log(0)``.
+* :func:`batch_coupled_nodes`: does any node mix the inputs of a batch (a softmax or a reduction over
+  the batch axis, batch normalisation in training mode)? The backend stacks (input, seed) pairs
+  along the batch axis, which is only right when the rows are independent.
+
+Both work on shapes inferred by ONNX's shape inference for a given batch size; a dimension that
+inference cannot fix is ``None``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+#: Nodes that only change the shape of a tensor (row-major element order kept).
+SHAPE_ONLY = frozenset({"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze"})
+
+#: Nodes that normalise over one axis (``axis`` attribute).
+_NORMALISERS = frozenset({"Softmax", "LogSoftmax", "Hardmax"})
+#: Nodes that work along one axis (``axis`` attribute, default 0 unless given in _AXIS_DEFAULT).
+_ALONG_AXIS = frozenset({"ArgMax", "ArgMin", "TopK", "LpNormalization", "LayerNormalization"})
+_AXIS_DEFAULT = {"TopK": -1, "LpNormalization": -1, "LayerNormalization": -1}
+_REDUCE = frozenset({"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1",
+                     "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare"})
+
+
+def attribute(node, name: str, default: Any = None) -> Any:
+    """The value of attribute ``name`` of ``node`` (int, float, string, or list of ints), or ``default``."""
+    for a in node.attribute:
+        if a.name == name:
+            if a.ints:
+                return list(a.ints)
+            if a.type == a.INT:
+                return a.i
+            if a.type == a.FLOAT:
+                return a.f
+            if a.type == a.STRING:
+                return a.s.decode()
+            return list(a.ints)
+    return default
+
+
+def inferred_dims(onnx, model) -> dict[str, list | None]:
+    """``{tensor name: dims}`` from ONNX shape inference (ints; ``None`` for an unknown dimension,
+    ``None`` instead of a list for an unknown rank); empty when inference fails."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:  # inference is best effort: the callers treat unknown shapes conservatively
+        return {}
+    graph = inferred.graph
+    out = {}
+    for value in list(graph.input) + list(graph.value_info) + list(graph.output):
+        tt = value.type.tensor_type
+        out[value.name] = ([d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+                           if tt.HasField("shape") else None)
+    for t in graph.initializer:
+        out[t.name] = list(t.dims)
+    return out
+
+
+def _producers(graph) -> dict:
+    return {name: node for node in graph.node for name in node.output if name}
+
+
+def final_softmax(graph, output_name: str, opset: int, dims: dict, n_classes: int):
+    """``(node, chain)``: the ``Softmax``/``LogSoftmax`` node over the classes that ``output_name``
+    is, up to the shape-only nodes ``chain`` after it (output side first); ``(None, chain)`` when
+    the output does not come from one."""
+    producer = _producers(graph)
+    chain = []
+    node = producer.get(output_name)
+    while node is not None and node.op_type in SHAPE_ONLY:
+        chain.append(node)
+        node = producer.get(node.input[0])
+    if node is not None and node.op_type in ("Softmax", "LogSoftmax") and \
+            normalises_over_classes(node, opset, dims, n_classes, direct=not chain):
+        return node, chain
+    return None, chain
+
+
+def normalises_over_classes(node, opset: int, dims: dict, n_classes: int, *, direct: bool = True) -> bool:
+    """Whether a ``Softmax``-like ``node`` normalises each input's ``n_classes`` scores together:
+    its axis is not the batch axis and every other non-batch dimension has size 1.
+
+    ``direct``: the node produces the (batch, C) output itself; then an unknown input shape is
+    read from the output's rank 2.
+    """
+    shape = dims.get(node.input[0])
+    axis = attribute(node, "axis", -1 if opset >= 13 else 1)
+    if shape is None or any(d is None for d in shape[1:]):
+        return direct and axis in (-1, 1)
+    rank = len(shape)
+    axis = axis + rank if axis < 0 else axis
+    if not 1 <= axis < rank:
+        return False
+    if opset >= 13:  # one axis
+        others = [d for i, d in enumerate(shape) if i not in (0, axis)]
+        return shape[axis] == n_classes and math.prod(others) == 1
+    # before opset 13: the input is coerced to 2-D at `axis`, normalised over prod(shape[axis:])
+    return math.prod(shape[1:axis]) == 1 and math.prod(shape[axis:]) == n_classes
+
+
+def batch_coupled_nodes(graph, input_name: str, opset: int, dims: dict) -> list[str]:
+    """Descriptions of the nodes downstream of ``input_name`` that mix the rows of a batch, e.g.
+    ``"Softmax 'sm' over axis 0"``: softmax-like and along-axis nodes on the batch axis, reductions
+    whose axes include it (all axes when none are given), batch normalisation in training mode and
+    MeanVarianceNormalization over the batch axis."""
+    constants = {t.name: t for t in graph.initializer}
+    constants.update({n.output[0]: n for n in graph.node if n.op_type == "Constant" and n.output})
+    live, found = {input_name}, []
+    for node in graph.node:
+        if not any(i in live for i in node.input if i):
+            continue
+        live.update(o for o in node.output if o)
+        why = _couples_batch(node, opset, dims, constants)
+        if why:
+            found.append(f"{node.op_type} {node.name or node.output[0]!r} {why}")
+    return found
+
+
+def _couples_batch(node, opset: int, dims: dict, constants: dict) -> str | None:
+    shape = dims.get(node.input[0]) if node.input else None
+    rank = len(shape) if shape is not None else None
+    op = node.op_type
+    if op in _NORMALISERS or op in _ALONG_AXIS or op == "CumSum":
+        if op == "CumSum":
+            axes = _constant_ints(node.input[1] if len(node.input) > 1 else "", constants)
+            axis = axes[0] if axes else None
+        else:
+            default = (-1 if opset >= 13 else 1) if op in _NORMALISERS else _AXIS_DEFAULT.get(op, 0)
+            axis = attribute(node, "axis", default)
+        if axis is None:
+            return "along an axis not known before running"
+        if axis == 0 or (rank is not None and axis + rank == 0):
+            return "over axis 0 (the batch axis)"
+        return None
+    if op in _REDUCE:
+        return _reduction_couples(node, opset, rank, constants)
+    if op == "BatchNormalization" and attribute(node, "training_mode", 0):
+        return "in training mode (batch statistics)"
+    if op == "MeanVarianceNormalization" and 0 in (attribute(node, "axes", [0, 2, 3]) or []):
+        return "over axis 0 (the batch axis)"
+    return None
+
+
+def _reduction_couples(node, opset: int, rank: int | None, constants: dict) -> str | None:
+    axes = attribute(node, "axes")
+    if axes is None and len(node.input) > 1 and node.input[1]:
+        axes = _constant_ints(node.input[1], constants)
+        if axes is None:
+            return "over axes not known before running"
+    if not axes:
+        if attribute(node, "noop_with_empty_axes", 0):
+            return None
+        return "over all axes, the batch axis among them"
+    if any(a == 0 or (rank is not None and a + rank == 0) for a in axes):
+        return "over axis 0 (the batch axis)"
+    return None
+
+
+def _constant_ints(name: str, constants: dict) -> list[int] | None:
+    """The int values of a constant tensor (initializer or Constant node), or None."""
+    from onnx import numpy_helper
+
+    source = constants.get(name)
+    if source is None:
+        return None
+    if hasattr(source, "op_type"):  # a Constant node
+        value = next((a.t for a in source.attribute if a.name == "value"), None)
+        if value is None:
+            return None
+        source = value
+    return [int(v) for v in numpy_helper.to_array(source).reshape(-1)]
+
+
+def describe(found: Sequence[str], limit: int = 3) -> str:
+    """``"Softmax 'a' over axis 0, ReduceMean 'b' ..."``: the first ``limit`` findings and a count of the rest."""
+    text = ", ".join(found[:limit])
+    return text + (f" and {len(found) - limit} more" if len(found) > limit else "")
