@@ -25,7 +25,7 @@ def least_perturbations(run: C.Run, dataset: str, n: int | None, rng: np.random.
     """Least FGM and OSSA budgets on ``n`` random test inputs of ``dataset`` (all when None)."""
     import fisher_ref as fr
 
-    key = C.DEFAULT_MODEL[dataset]
+    key = run.model_key(dataset)
     backend, spec, _ = C.load_model(key)
     x, y = C.load_dataset(dataset, "test", run.args.data_dir)
     idx = C.random_subset(len(x), n, rng)
@@ -67,7 +67,7 @@ def main(argv=None) -> dict:
     run = C.Run("table2", args)
     rng = np.random.default_rng(args.seed)
     summary, rows = {}, []
-    for ds in ("mnist", "cifar"):
+    for ds in run.datasets:
         res = least_perturbations(run, ds, SIZES.get(run, ds), rng)
         s = summarize(res)
         s["model"] = res["model"]
@@ -79,12 +79,12 @@ def main(argv=None) -> dict:
                                                   "fooling_rate", "n_fooled", "n_correct", "paper_mean",
                                                   "paper_rate"], rows)
     md = ["# Table 2: least l2 perturbation (binary search in [0, 6]) and fooling rate", "",
-          "| attack | MNIST mean (ours) | MNIST mean (paper) | MNIST rate % (ours) | MNIST rate % (paper) "
-          "| CIFAR mean (ours) | CIFAR mean (paper) | CIFAR rate % (ours) | CIFAR rate % (paper) |",
-          "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+          "| attack | " + " | ".join(f"{n} mean (ours) | {n} mean (paper) | {n} rate % (ours) | {n} rate % (paper)"
+                                     for n in (("MNIST" if ds == "mnist" else "CIFAR") for ds in run.datasets)) + " |",
+          "|---|" + "---:|" * (4 * len(run.datasets))]
     for a in ("fgm", "ossa"):
         cells = []
-        for ds in ("mnist", "cifar"):
+        for ds in run.datasets:
             s, (pm, pr) = summary[ds][a], C.PAPER["table2"][ds][a]
             cells += [f"{s['mean']:.2f}", f"{pm:.2f}", C.pct(s["rate"]), f"{pr:.2f}"]
         md.append(f"| {C.ATTACK_LABEL[a]} | " + " | ".join(cells) + " |")
@@ -93,7 +93,7 @@ def main(argv=None) -> dict:
                  f"{summary[ds]['n_correct']} correctly classified inputs attacked; median least perturbation "
                  f"FGM {summary[ds]['fgm']['median']:.3f}, OSSA {summary[ds]['ossa']['median']:.3f}; OSSA needs less "
                  f"than FGM on {C.pct(summary[ds]['ossa_smaller_fraction'], 1)}% of the inputs both fool"
-                 for ds in ("mnist", "cifar")),
+                 for ds in run.datasets),
            f"- {C.CIFAR_NOTE}."]
     run.write_markdown("table2_least_perturbation", "\n".join(md))
     return run.finish(summary)

@@ -32,6 +32,25 @@ needs_data = pytest.mark.skipif(not _have_data(), reason="needs ../shared/data (
 
 
 # ------------------------------------------------------------------------------------------ helpers
+def test_cifar_model_and_datasets_choose_the_runs_model_folder_and_command(tmp_path, capsys):
+    from paper_results import _common as C
+
+    p = C.parser("test")
+    run = C.Run("table2", p.parse_args(["--cifar-model", "vgg-cifar-w1", "--datasets", "cifar, cifar",
+                                         "--cache-dir", str(tmp_path), "--out", str(tmp_path / "o")]))
+    assert run.datasets == ("cifar",) and run.model_key("cifar") == "vgg-cifar-w1" and run.model_key("mnist") == "lenet"
+    assert run.command() == "python -m paper_results table2 --cifar-model vgg-cifar-w1 --datasets cifar"
+    assert run._default_out() == C.RESULTS / "vgg-cifar-w1"
+    default = C.Run("table2", p.parse_args(["--cache-dir", str(tmp_path), "--out", str(tmp_path / "o")]))
+    assert default.datasets == ("mnist", "cifar") and default.command() == "python -m paper_results table2"
+    assert default._default_out() == C.RESULTS
+    for bad in (["--datasets", "svhn"], ["--datasets", ""], ["--cifar-model", "resnet"]):
+        with pytest.raises(SystemExit) as exc:
+            p.parse_args(bad)
+        assert exc.value.code == 2
+        assert bad[0] in capsys.readouterr().err
+
+
 def test_random_subset_is_seeded_sorted_and_distinct():
     from paper_results import _common as C
 
