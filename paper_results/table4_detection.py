@@ -11,7 +11,9 @@ budget per data set serves FGM, OTCM, BIM (10 steps of eps/5) and OSSA: the 90th
 FGM's least perturbation over the inputs FGM fools within [0, 6] (binary search, the paper's
 interval), so FGM fools about 90% of the inputs it can fool at all - the operating point the paper
 quotes for its one-step attacks (Section 3.4: 90% at l2 2.1 on MNIST, 1.4 on CIFAR-10). Opt
-(C&W-style l2) has no budget.
+(C&W-style l2) has no budget. BIM is run twice: "BIM, all steps" takes all 10 steps (Kurakin et
+al.), "BIM, stopped at success" stops each input at its first adversarial iterate (as Feinman et
+al. and Ma et al. run iterative attacks); the paper does not say which it ran.
 
 Detectors: KD (Gaussian KDE of the last hidden layer on 5,000 clean training images of the
 predicted class, bandwidth 1.20 MNIST / 0.26 CIFAR-10 as Feinman et al.), BU (variance under 50
@@ -41,7 +43,8 @@ OPT_OPTIONS = {"mnist": {"binary_search_steps": 5, "max_iter": 60}, "cifar": {"b
 OPT_OPTIONS_QUICK = {"binary_search_steps": 2, "max_iter": 10}
 DETECTORS = ("KD", "BU", "KD+BU", "LID", "Ours", "Ours + growth")
 # 4: the report's classes moved to fisher_ref.detection (a pickle of version 3 names fisher_ref._detection)
-CACHE_VERSION = 4
+# 5: BIM stopped at success is a sixth attack
+CACHE_VERSION = 5
 
 
 def detectors(backend, spec, X_train, y_train, seed):
@@ -64,7 +67,7 @@ def detection_report(run: C.Run, ds: str):
     import fisher_ref as fr
     from fisher_ref.detection import evaluate_detection
 
-    key = C.DEFAULT_MODEL[ds]
+    key = run.model_key(ds)
     seed = run.args.seed
     n, n_train = SIZES.get(run, ds), SIZES.get(run, "train")
     opt_options = OPT_OPTIONS_QUICK if run.quick else OPT_OPTIONS[ds]
@@ -89,8 +92,9 @@ def detection_report(run: C.Run, ds: str):
     print(f"{run.script}: {ds} detection on {len(idx)} test inputs ({spec.name}), l2 budget {eps:.3f}; this takes "
           "a while", flush=True)
     rep = evaluate_detection(x[idx], backend, y[idx], detectors=detectors(backend, spec, xtr[tr], ytr[tr], seed),
-                             epsilon={a: eps for a in C.ATTACKS},  # (Opt ignores it)
-                             attack_options={"opt": opt_options}, random_state=seed,
+                             attacks={a: C.paper_attack(a) for a in C.DETECTION_ATTACKS},
+                             epsilon={a: eps for a in C.DETECTION_ATTACKS},  # (Opt ignores it)
+                             attack_options={"opt": opt_options, "bim_stop": {"early_stop": True}}, random_state=seed,
                              progress=not run.args.no_progress)
     rep.extra = {"test_indices": idx, "model": spec.name, "n_train": n_train, "opt_options": opt_options,
                  "fgm_fooled_within_6": float(np.isfinite(lp).mean())}
@@ -105,17 +109,18 @@ def detection_report(run: C.Run, ds: str):
 
 def plot_roc(run: C.Run, reports: dict, name: str) -> None:
     plt = C.plt()
-    fig, axes = plt.subplots(len(reports), len(C.ATTACKS), figsize=(3.3 * len(C.ATTACKS), 3.2 * len(reports)),
+    attacks = table_attacks()
+    fig, axes = plt.subplots(len(reports), len(attacks), figsize=(3.3 * len(attacks), 3.2 * len(reports)),
                              squeeze=False)
     for i, (ds, rep) in enumerate(reports.items()):
-        for j, a in enumerate(C.ATTACKS):
+        for j, a in enumerate(attacks):
             ax = axes[i, j]
             for det in rep.auc.rows:
                 if (det, a) in rep.roc:
                     fpr, tpr = rep.roc[det, a]
                     ax.plot(fpr, tpr, lw=1.2, label=f"{det} {100 * rep.auc[det, a]:.1f}")
             ax.plot([0, 1], [0, 1], color="grey", lw=0.5, ls=":")
-            ax.set_title(f"{C.DATASET_LABEL[ds]}: {C.ATTACK_LABEL[a]}", fontsize=9)
+            ax.set_title(f"{C.DATASET_LABEL[ds]}: {C.DETECTION_LABEL[a]}", fontsize=9)
             ax.set_xlabel("false positive rate", fontsize=8)
             ax.set_ylabel("true positive rate", fontsize=8)
             ax.legend(fontsize=6, loc="lower right")
@@ -124,19 +129,30 @@ def plot_roc(run: C.Run, reports: dict, name: str) -> None:
     run.save_figure(fig, name)
 
 
+def table_attacks() -> tuple[str, ...]:
+    """The columns of Table 4: the paper's order, the two BIM runs side by side."""
+    return ("fgm", "otcm", "opt", "bim", "bim_stop", "ossa")
+
+
+def paper_auc(ds: str, det: str, attack: str) -> float | None:
+    """The paper's AUC (%) of detector ``det`` against ``attack`` on ``ds``, None where it has no such row."""
+    row = C.PAPER["table4"][ds].get(det)
+    return None if row is None else row[C.ATTACKS.index(C.paper_attack(attack))]
+
+
 def main(argv=None) -> dict:
     args = C.parser(__doc__.split("\n\n")[0]).parse_args(argv)
     run = C.Run("table4", args)
-    reports = {ds: detection_report(run, ds) for ds in ("mnist", "cifar")}
+    reports = {ds: detection_report(run, ds) for ds in run.datasets}
     rows, summary = [], {}
     for ds, rep in reports.items():
         summary[ds] = dict(model=rep.extra["model"], auc=rep.auc.to_dict(), epsilon=rep.epsilon,
                            fooling_rate=rep.fooling_rate, n_samples=rep.n_samples, skipped=rep.skipped,
                            n_inputs=len(rep.extra["test_indices"]), opt_options=rep.extra["opt_options"])
         for det in rep.auc.rows:
-            paper = C.PAPER["table4"][ds].get("Ours" if det == "Ours" else det)
-            for j, a in enumerate(C.ATTACKS):
-                rows.append([ds, det, a, float(rep.auc[det, a]), paper[j] / 100 if paper else None])
+            for a in table_attacks():
+                paper = paper_auc(ds, det, a)
+                rows.append([ds, det, a, float(rep.auc[det, a]), paper / 100 if paper is not None else None])
     run.write_table("table4_detection", ["dataset", "detector", "attack", "auc", "paper_auc"], rows)
     plot_roc(run, reports, "table4_roc")
     md = ["# Table 4: detection AUC (%), random forest on the Fisher eigenvalues against KD, BU, KD+BU, LID", ""]
@@ -145,15 +161,18 @@ def main(argv=None) -> dict:
                "", "Each cell: ours / paper (a dash: the paper has no such row).", ""]
         tab = []
         for det in rep.auc.rows:
-            paper = C.PAPER["table4"][ds].get(det)
-            tab.append([det, *(f"{C.pct(rep.auc[det, a])} / {paper[j]:.2f}" if paper else f"{C.pct(rep.auc[det, a])} / -"
-                               for j, a in enumerate(C.ATTACKS))])
-        md += [C.md_table(["detector", *(C.ATTACK_LABEL[a] for a in C.ATTACKS)], tab)]
-        md += ["Budgets (l2): " + ", ".join(f"{C.ATTACK_LABEL[a]} {rep.epsilon[a]:.3f}" for a in C.ATTACKS if a != "opt")
-               + "; fooling rates: " + ", ".join(f"{C.ATTACK_LABEL[a]} {C.pct(rep.fooling_rate[a], 1)}%" for a in C.ATTACKS)
+            tab.append([det, *(f"{C.pct(rep.auc[det, a])} / " + ("-" if paper_auc(ds, det, a) is None
+                                                                 else f"{paper_auc(ds, det, a):.2f}")
+                               for a in table_attacks())])
+        md += [C.md_table(["detector", *(C.DETECTION_LABEL[a] for a in table_attacks())], tab)]
+        md += ["The paper's one BIM column stands beside both BIM runs.", ""]
+        md += ["Budgets (l2): " + ", ".join(f"{C.DETECTION_LABEL[a]} {rep.epsilon[a]:.3f}" for a in table_attacks()
+                                            if a != "opt")
+               + "; fooling rates: " + ", ".join(f"{C.DETECTION_LABEL[a]} {C.pct(rep.fooling_rate[a], 1)}%"
+                                                 for a in table_attacks())
                + f"; Opt: {rep.extra['opt_options']}.", ""]
         md += ["Samples (train / test, negatives + positives): " + ", ".join(
-            f"{C.ATTACK_LABEL[a]} {v['train_negative'] + v['train_positive']} / {v['test_negative'] + v['test_positive']}"
+            f"{C.DETECTION_LABEL[a]} {v['train_negative'] + v['train_positive']} / {v['test_negative'] + v['test_positive']}"
             for a, v in rep.n_samples.items()), ""]
     md += ["![ROC curves](table4_roc.png)", "", f"{C.CIFAR_NOTE}."]
     run.write_markdown("table4_detection", "\n".join(md))
