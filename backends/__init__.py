@@ -1,6 +1,7 @@
 """Backends: NumPy reference models (always available), PyTorch and ONNX Runtime (optional).
 
-``TorchBackend`` and ``OnnxBackend`` are imported lazily on first attribute access, so
+``TorchBackend``, ``OnnxBackend`` and ``export_onnx`` (a torch model to an ONNX file that
+``OnnxBackend`` and ``fisher-ref audit`` read) are imported lazily on first attribute access, so
 ``import fisher_ref.backends`` needs only NumPy; constructing one without its framework raises
 ImportError naming the extra to install.
 """
@@ -15,10 +16,10 @@ from .normalized import NormalizedBackend
 
 if TYPE_CHECKING:  # pragma: no cover
     from .onnxruntime import OnnxBackend
-    from .torch import TorchBackend
+    from .torch import TorchBackend, export_onnx
 
-__all__ = ["LogisticRegressionModel", "MLPModel", "NormalizedBackend", "TorchBackend", "OnnxBackend", "bundled_path",
-           "bundled_mnist_mlp"]
+__all__ = ["LogisticRegressionModel", "MLPModel", "NormalizedBackend", "TorchBackend", "OnnxBackend", "export_onnx",
+           "bundled_path", "bundled_mnist_mlp"]
 
 BUNDLED = ("mnist_mlp_tanh.npz", "mnist_mlp_tanh.onnx", "mnist_lenet.onnx", "mnist_lenet.pt", "mnist_sample.npz")
 
@@ -42,7 +43,7 @@ def bundled_mnist_mlp() -> MLPModel:
     """The bundled MNIST MLP (784-100-10, tanh, 97.4% test accuracy) as a NumPy reference backend."""
     return MLPModel.load(bundled_path("mnist_mlp_tanh.npz"))
 
-_LAZY = {"TorchBackend": ".torch", "OnnxBackend": ".onnxruntime"}
+_LAZY = {"TorchBackend": ".torch", "OnnxBackend": ".onnxruntime", "export_onnx": ".torch"}
 
 
 def __getattr__(name: str):

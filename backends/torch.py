@@ -635,35 +635,41 @@ def fisher_weights_t(torch, p, top, u):
 
 
 def export_onnx(model: Any, input_shape: Sequence[int], path: Any = None, *, dtype: Any = None,
-                opset: int = 17, batch: int | None = None):
-    """Export a torch classifier to ONNX for :class:`~fisher_ref.backends.OnnxBackend`.
-
-    Uses the TorchScript exporter (``torch.onnx.export(..., dynamo=False)``; the dynamo exporter
-    needs ``onnxscript``) with ``do_constant_folding=False`` so BatchNorm stays its own node.
+                opset: int | None = None, batch: int | None = None, exporter: str = "torchscript"):
+    """Export a torch classifier to ONNX for :class:`~fisher_ref.backends.OnnxBackend` (and ``fisher-ref audit``).
 
     Parameters
     ----------
     model : torch.nn.Module
         Put in eval mode on a copy; the caller's model is not modified.
     input_shape : tuple of int
-        Shape of one input.
+        Shape of one input, without the batch axis.
     path : str or os.PathLike, optional
         Where to write the .onnx file; without it the ``onnx.ModelProto`` is returned.
     dtype : torch.dtype, optional
         Export precision (default: the model's).
-    opset : int
-        ONNX opset (>= 13 for onnx-ad's Softmax rules).
+    opset : int, optional
+        ONNX opset; default 17 for the TorchScript exporter, 18 for dynamo (its lowest).
     batch : int, optional
         A fixed batch size; default a dynamic batch axis named "batch". Input "x", output "y".
+    exporter : {"torchscript", "dynamo"}, default "torchscript"
+        ``"torchscript"``: ``torch.onnx.export(..., dynamo=False)`` with ``do_constant_folding=False``,
+        so BatchNorm stays its own node; needs nothing beyond torch and onnx. ``"dynamo"``: the
+        ``torch.export`` based exporter (torch's default since 2.9), which needs ``onnxscript``
+        (``pip install 'fisher-ref[export]'``); its progress lines are not printed.
 
     Returns
     -------
     onnx.ModelProto, or the path written.
-    """
-    import io
-    import os
-    import warnings
 
+    Examples
+    --------
+    >>> export_onnx(net, (3, 32, 32), "net.onnx")                    # doctest: +SKIP
+    >>> OnnxBackend("net.onnx")                                      # doctest: +SKIP
+    """
+    import os
+
+    exporter = check_method(exporter, ("torchscript", "dynamo"), "exporter")
     torch = _import_torch()
     onnx = importlib.import_module("onnx")
     m = copy.deepcopy(model).eval()
@@ -671,14 +677,48 @@ def export_onnx(model: Any, input_shape: Sequence[int], path: Any = None, *, dty
         m = m.to(dtype)
     dt = dtype or next((p.dtype for p in m.parameters()), torch.float32)
     x = torch.zeros((batch or 2,) + tuple(int(s) for s in input_shape), dtype=dt)
+    if exporter == "dynamo":
+        proto = _export_dynamo(torch, m, x, batch, 18 if opset is None else opset)
+    else:
+        proto = _export_torchscript(torch, onnx, m, x, batch, 17 if opset is None else opset)
+    if path is None:
+        return proto
+    onnx.save(proto, os.fspath(path))
+    return path
+
+
+def _export_torchscript(torch, onnx, m, x, batch, opset: int):
+    import io
+    import warnings
+
     dynamic = None if batch is not None else {"x": {0: "batch"}, "y": {0: "batch"}}
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated in torch >= 2.9
         torch.onnx.export(m, (x,), buf, dynamo=False, opset_version=opset, input_names=["x"], output_names=["y"],
                           dynamic_axes=dynamic, do_constant_folding=False)
-    proto = onnx.load_from_string(buf.getvalue())
-    if path is None:
-        return proto
-    onnx.save(proto, os.fspath(path))
-    return path
+    return onnx.load_from_string(buf.getvalue())
+
+
+def _export_dynamo(torch, m, x, batch, opset: int):
+    import contextlib
+    import importlib.util
+    import io
+    import logging
+    import warnings
+
+    if importlib.util.find_spec("onnxscript") is None:
+        raise ImportError("export_onnx(exporter='dynamo') needs onnxscript: pip install 'fisher-ref[export]' "
+                          "(or exporter='torchscript', which needs only torch and onnx)")
+    dynamic = None if batch is not None else ({0: torch.export.Dim("batch")},)
+    quiet = logging.getLogger("torch.onnx")  # "torchvision is not installed. Skipping ..." lines
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(m, (x,), dynamo=True, opset_version=opset, input_names=["x"],
+                                        output_names=["y"], dynamic_shapes=dynamic, verbose=False)
+    finally:
+        quiet.setLevel(level)
+    return program.model_proto
