@@ -32,6 +32,7 @@ from .._backend import Backend, _check_shape
 from .._softmax import fisher_weights, log_softmax, softmax_seeds
 from .._validation import check_int, check_method, shape_str
 from ._onnx_graph import batch_coupled_nodes, describe, final_softmax, inferred_dims
+from ._onnx_ml import rewrite_ml_operators, scores_output, with_only_output
 
 __all__ = ["OnnxBackend"]
 
@@ -91,7 +92,10 @@ class OnnxBackend(Backend):
     input_name : str, optional
         The graph input to differentiate; required when the graph has several inputs.
     output_name : str, optional
-        The graph output holding the class scores; required when the graph has several outputs.
+        The graph output holding the class scores; required when the graph has several float
+        outputs. Without it the one float tensor output is taken (a scikit-learn export's
+        ``probabilities`` beside its int64 ``label``); a ``ZipMap`` output (a sequence of maps)
+        stands for the tensor it is made from.
     output : {"auto", "logits", "probabilities", "log_probabilities"}, default "auto"
         What the output holds. ``"auto"`` reads probabilities when the output comes from a
         ``Softmax`` node or, on a probe batch, is non-negative with rows summing to 1 (and
@@ -119,6 +123,10 @@ class OnnxBackend(Backend):
     batch_size : int
         Inputs per run (the graph's own batch size when it declares a fixed one; 1 for a graph
         that mixes the inputs of a batch).
+    rewritten_ : list of str
+        The ``ai.onnx.ml`` nodes (``LinearClassifier``, ``Normalizer``, ``Scaler``: scikit-learn
+        exports) that were rewritten in standard ONNX operators to be differentiated; the
+        rewrite is checked against ONNX Runtime's own kernels on a probe batch.
     batch_coupling_ : str or None
         What mixes the inputs of a batch in the graph (e.g. ``"Softmax 'sm' over axis 0 (the batch
         axis)"``), None when the inputs are independent.
@@ -209,7 +217,50 @@ class OnnxBackend(Backend):
         super().__init__(shape)
         self._fixed_batch = batch
         self.batch_size = int(batch if batch is not None else batch_size)
-        self.output_name, out_dims, out_elem = _select_output(graph, output_name)
+        served = self._scores_model(output_name)
+        self.output = output
+        self._opset = max([o.version for o in self.model.opset_import if o.domain in ("", "ai.onnx")] or [1])
+
+        # the classifier itself (its one output the class scores), for probabilities and the probe batch
+        self._primal = self._session(_with_input_dims(onnx, served, self.input_name,
+                                                      [batch if batch is not None else "batch", *shape]),
+                                     "the model", ValueError)
+        self.providers = list(self._primal.get_providers())
+        # what is differentiated: the same with ai.onnx.ml operators in standard ONNX
+        self._work, self.rewritten_ = rewrite_ml_operators(onnx, served)
+        self._dims = inferred_dims(onnx, _with_input_dims(onnx, self._work, self.input_name,
+                                                          [self._fixed_batch or 2, *shape]))
+        self.batch_coupling_ = self._batch_coupling()
+        if self.batch_coupling_:
+            self._one_input_per_run()
+        probe = self._probe()
+        self.n_classes = int(probe.shape[1])
+        self._softmax, _ = final_softmax(self._work.graph, self.output_name, self._opset, self._dims, self.n_classes)
+        self.output_kind_, reason = self._output_kind(output, probe)
+        if output == "auto":
+            logger.info("OnnxBackend: output %r read as %s (%s)", self.output_name, self.output_kind_, reason)
+
+        self._log_p = _fresh_name(self._work.graph, "fisher_ref_log_p")
+        self._cache: OrderedDict = OrderedDict()
+        if self.rewritten_:
+            self._check_rewrite(probe)
+        # differentiate now, so that an operation onnx-ad cannot handle fails the constructor
+        first = batch if batch is not None else 1
+        for mode in ("reverse", "forward"):
+            self._derivative(mode, first)
+
+    # ------------------------------------------------------------------ construction helpers
+    def _scores_model(self, output_name: str | None):
+        """The model with one graph output, the class scores (a ZipMap's input tensor for a ZipMap
+        output; pruned to what the scores need); sets ``output_name`` and the output's element type."""
+        onnx = self._onnx
+        self.output_name, note = scores_output(self.model.graph, output_name)
+        if note:
+            logger.info("OnnxBackend: class scores %r: %s", self.output_name, note)
+        served = with_only_output(onnx, self.model, self.output_name)
+        _prune(onnx, served.graph, self.output_name)
+        value = served.graph.output[0]
+        out_dims, out_elem = _dims(value), value.type.tensor_type.elem_type
         if out_elem not in _DTYPES:
             raise ValueError(f"model output {self.output_name!r} has element type "
                              f"{_type_name(onnx, out_elem)}; expected float32 or float64 class scores")
@@ -217,34 +268,22 @@ class OnnxBackend(Backend):
             raise ValueError(f"model output {self.output_name!r} has shape {_dims_str(out_dims)}; expected "
                              "class scores of shape (batch, n_classes) with n_classes >= 2")
         self._out_elem = out_elem
-        self.output = output
-        self._opset = max([o.version for o in self.model.opset_import if o.domain in ("", "ai.onnx")] or [1])
+        return served
 
-        # the classifier itself, for probabilities and the probe batch
-        self._primal = self._session(_with_input_dims(onnx, self.model, self.input_name,
-                                                      [batch if batch is not None else "batch", *shape]),
-                                     "the model", ValueError)
-        self.providers = list(self._primal.get_providers())
-        self._dims = inferred_dims(onnx, _with_input_dims(onnx, self.model, self.input_name,
-                                                          [self._fixed_batch or 2, *shape]))
-        self.batch_coupling_ = self._batch_coupling()
-        if self.batch_coupling_:
-            self._one_input_per_run()
-        probe = self._probe()
-        self.n_classes = int(probe.shape[1])
-        self._softmax, _ = final_softmax(graph, self.output_name, self._opset, self._dims, self.n_classes)
-        self.output_kind_, reason = self._output_kind(output, probe)
-        if output == "auto":
-            logger.info("OnnxBackend: output %r read as %s (%s)", self.output_name, self.output_kind_, reason)
+    def _check_rewrite(self, probe: np.ndarray) -> None:
+        """The rewritten ai.onnx.ml operators give ONNX Runtime's own outputs on the probe batch."""
+        n = probe.shape[0]
+        x = np.random.default_rng(0).random((n,) + self.input_shape).astype(self.dtype)
+        mine = self._session(_with_input_dims(self._onnx, self._work, self.input_name, [n, *self.input_shape]),
+                             "the rewritten model", ValueError)
+        got = np.asarray(mine.run([self.output_name], {self.input_name: x})[0], np.float64)
+        tol = 100 * float(np.finfo(self.dtype).eps) * max(1.0, float(np.abs(probe).max()))
+        if got.shape != probe.shape or not np.all(np.abs(got - probe) <= tol):
+            diff = float(np.abs(got - probe).max()) if got.shape == probe.shape else float("nan")
+            raise ValueError(f"model: {', '.join(self.rewritten_)} rewritten in standard ONNX operators disagree "
+                             f"with ONNX Runtime on a probe batch (largest difference {diff:.3g}); OnnxBackend "
+                             "cannot differentiate this model")
 
-        self._log_p = _fresh_name(graph, "fisher_ref_log_p")
-        self._cache: OrderedDict = OrderedDict()
-        # differentiate now, so that an operation onnx-ad cannot handle fails the constructor
-        first = batch if batch is not None else 1
-        for mode in ("reverse", "forward"):
-            self._derivative(mode, first)
-
-    # ------------------------------------------------------------------ construction helpers
     def _session(self, model, what: str, error: type = RuntimeError):
         ort = self._ort
         options = ort.SessionOptions()
@@ -266,7 +305,7 @@ class OnnxBackend(Backend):
         """What mixes the rows of a batch in this graph (None when the rows are independent): nodes
         found by :func:`~._onnx_graph.batch_coupled_nodes`, or, on a probe, row 0 of the output
         changing when the other rows of the batch change."""
-        found = batch_coupled_nodes(self.model.graph, self.input_name, self._opset, self._dims)
+        found = batch_coupled_nodes(self._work.graph, self.input_name, self._opset, self._dims)
         if found:
             return describe(found)
         n = self._fixed_batch or 2
@@ -351,7 +390,7 @@ class OnnxBackend(Backend):
         """
         onnx = self._onnx
         helper = onnx.helper
-        model = _with_input_dims(onnx, self.model, self.input_name, [batch, *self.input_shape])
+        model = _with_input_dims(onnx, self._work, self.input_name, [batch, *self.input_shape])
         graph = model.graph
         z, node, kind = self.output_name, self._softmax, self.output_kind_
         final = node.op_type if node is not None else None
@@ -598,19 +637,6 @@ def _select_input(graph, input_name):
                          "one input only: bake the others into the graph as initializers")
     value = by_name[input_name]
     return input_name, _dims(value), value.type.tensor_type.elem_type
-
-
-def _select_output(graph, output_name):
-    names = [v.name for v in graph.output]
-    if output_name is None:
-        if len(names) != 1:
-            raise ValueError(f"model has {len(names)} graph outputs {names}; pass output_name= to choose the "
-                             "class scores")
-        output_name = names[0]
-    elif not isinstance(output_name, str) or output_name not in names:
-        raise ValueError(f"output_name {output_name!r} is not a graph output of the model; its outputs are {names}")
-    value = next(v for v in graph.output if v.name == output_name)
-    return output_name, _dims(value), value.type.tensor_type.elem_type
 
 
 def _input_dims(name: str, dims, input_shape) -> tuple[int | None, tuple[int, ...]]:
