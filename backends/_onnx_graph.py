@@ -179,6 +179,29 @@ def _constant_ints(name: str, constants: dict) -> list[int] | None:
     return [int(v) for v in numpy_helper.to_array(source).reshape(-1)]
 
 
+#: onnx-ad differentiates Gather and MaxPool in reverse mode with ScatterND(reduction="add"), opset 16
+UPGRADE_BELOW, UPGRADE_TO = 16, 17
+
+
+def opset_of(model) -> int:
+    """The model's version of the default (ai.onnx) operator set."""
+    return max([o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] or [1])
+
+
+def upgraded(onnx, model):
+    """``model`` converted by ``onnx.version_converter`` to opset :data:`UPGRADE_TO` when it is below
+    :data:`UPGRADE_BELOW` (so that onnx-ad's reverse rules for Gather and MaxPool apply); None when it
+    needs no conversion or the converter cannot convert it."""
+    if opset_of(model) >= UPGRADE_BELOW:
+        return None
+    try:
+        out = onnx.version_converter.convert_version(model, UPGRADE_TO)
+        onnx.checker.check_model(out)
+    except Exception:  # an operator the converter has no adapter for: differentiate as it is
+        return None
+    return out
+
+
 def describe(found: Sequence[str], limit: int = 3) -> str:
     """``"Softmax 'a' over axis 0, ReduceMean 'b' ..."``: the first ``limit`` findings and a count of the rest."""
     text = ", ".join(found[:limit])

@@ -31,7 +31,7 @@ import numpy as np
 from .._backend import Backend, _check_shape
 from .._softmax import fisher_weights, log_softmax, softmax_seeds
 from .._validation import check_int, check_method, shape_str
-from ._onnx_graph import batch_coupled_nodes, describe, final_softmax, inferred_dims
+from ._onnx_graph import batch_coupled_nodes, describe, final_softmax, inferred_dims, opset_of, upgraded
 from ._onnx_ml import rewrite_ml_operators, scores_output, with_only_output
 
 __all__ = ["OnnxBackend"]
@@ -124,9 +124,11 @@ class OnnxBackend(Backend):
         Inputs per run (the graph's own batch size when it declares a fixed one; 1 for a graph
         that mixes the inputs of a batch).
     rewritten_ : list of str
-        The ``ai.onnx.ml`` nodes (``LinearClassifier``, ``Normalizer``, ``Scaler``: scikit-learn
-        exports) that were rewritten in standard ONNX operators to be differentiated; the
-        rewrite is checked against ONNX Runtime's own kernels on a probe batch.
+        How the graph that is differentiated differs from the one loaded: the ``ai.onnx.ml``
+        nodes (``LinearClassifier``, ``Normalizer``, ``Scaler``: scikit-learn exports) rewritten
+        in standard ONNX operators, and an opset below 16 converted to 17 by
+        ``onnx.version_converter`` (onnx-ad's reverse rules for ``Gather`` and ``MaxPool`` need
+        opset 16). Each rewrite is checked against ONNX Runtime on the loaded graph on a probe batch.
     batch_coupling_ : str or None
         What mixes the inputs of a batch in the graph (e.g. ``"Softmax 'sm' over axis 0 (the batch
         axis)"``), None when the inputs are independent.
@@ -219,15 +221,19 @@ class OnnxBackend(Backend):
         self.batch_size = int(batch if batch is not None else batch_size)
         served = self._scores_model(output_name)
         self.output = output
-        self._opset = max([o.version for o in self.model.opset_import if o.domain in ("", "ai.onnx")] or [1])
 
         # the classifier itself (its one output the class scores), for probabilities and the probe batch
         self._primal = self._session(_with_input_dims(onnx, served, self.input_name,
                                                       [batch if batch is not None else "batch", *shape]),
                                      "the model", ValueError)
         self.providers = list(self._primal.get_providers())
-        # what is differentiated: the same with ai.onnx.ml operators in standard ONNX
+        # what is differentiated: the same with ai.onnx.ml operators in standard ONNX, at opset >= 16
         self._work, self.rewritten_ = rewrite_ml_operators(onnx, served)
+        newer = upgraded(onnx, self._work)
+        if newer is not None:
+            self.rewritten_.append(f"opset {opset_of(self._work)} -> {opset_of(newer)} (onnx.version_converter)")
+            self._work = newer
+        self._opset = opset_of(self._work)
         self._dims = inferred_dims(onnx, _with_input_dims(onnx, self._work, self.input_name,
                                                           [self._fixed_batch or 2, *shape]))
         self.batch_coupling_ = self._batch_coupling()

@@ -11,6 +11,7 @@ import copy
 import hashlib
 import importlib
 import math
+import warnings
 from typing import Any, Sequence
 
 import numpy as np
@@ -322,6 +323,7 @@ class TorchBackend(Backend):
             return None, f"{what} raised {type(exc).__name__}: {one_line(exc)}"
         shp = tuple(out.shape) if isinstance(out, torch.Tensor) else None
         if shp is not None and len(shp) == 2 and shp[0] == a.shape[0] and shp[1] >= 2:
+            self._warn_if_probabilities(out)
             return int(shp[1]), ""
         return None, f"{what} returned {type(out).__name__ if shp is None else shape_str(shp)}"
 
@@ -332,11 +334,26 @@ class TorchBackend(Backend):
         torch = self._torch
         try:
             with torch.inference_mode():
-                self.model(self._to_tensor(np.zeros((1, *self.input_shape), dtype=self.dtype)))
+                out = self.model(self._to_tensor(np.zeros((1, *self.input_shape), dtype=self.dtype)))
         except Exception as exc:
             raise ValueError(f"input_shape {tuple(self.input_shape)} does not fit the model: "
                              f"model(torch.zeros((1, *input_shape))) raised {type(exc).__name__}: {one_line(exc)}; "
                              "pass the shape of one input, without the batch axis") from exc
+        if isinstance(out, torch.Tensor) and out.ndim == 2 and out.shape[1] >= 2:
+            self._warn_if_probabilities(out)
+
+    def _warn_if_probabilities(self, out) -> None:
+        """Warn when ``output="logits"`` but the probe's outputs are probabilities (a softmax head):
+        read as logits they would give a wrong Fisher matrix, silently."""
+        if self.output != "logits":
+            return
+        z = out.detach().double().cpu().numpy()
+        tol = 10 * z.shape[1] * float(np.finfo(np.float32).eps)
+        if np.all(z >= 0) and np.all(np.abs(z.sum(axis=1) - 1) <= tol):
+            warnings.warn("TorchBackend: on a probe input the model's outputs are non-negative and sum to 1, as "
+                          "probabilities do, but output='logits' (the default) reads them as logits; pass "
+                          "output='probabilities' if the model ends in a softmax (or "
+                          "output='log_probabilities' for a log-softmax)", UserWarning, stacklevel=4)
 
     def _infer_input_shape(self, x: np.ndarray) -> tuple[int, ...]:
         """Probe the model: ``x`` is a batch if ``model(x[:2])`` has shape ``(len(x[:2]), C)``, one

@@ -474,3 +474,18 @@ def test_agrees_with_numpy_mlp(activation, scale, device):
     gv, gv_ref = b.fisher_vector_product(x, v), ref.fisher_vector_product(x, v)
     for j in range(4):
         assert_rel(gv[j], gv_ref[j], 1e-10, f"Fisher-vector product, input {j}")
+
+
+def test_a_softmax_head_read_as_logits_is_warned_about():
+    """output='logits' (the default) on a model ending in a softmax would give a wrong Fisher matrix
+    silently: the probe forward at construction says so."""
+    import warnings
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Softmax(dim=1))
+    with pytest.warns(UserWarning, match="outputs are non-negative and sum to 1.*pass output='probabilities'"):
+        TorchBackend(net, input_shape=(4,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        TorchBackend(net, input_shape=(4,), output="probabilities")
+        TorchBackend(torch.nn.Linear(4, 3), input_shape=(4,))
