@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 import os
 import warnings
 from collections import OrderedDict
@@ -106,6 +107,9 @@ class OnnxBackend(Backend):
     input_shape : tuple of int, optional
         Shape of one input. Needed only when the graph leaves dimensions other than the batch
         dimension symbolic (or declares no input shape); otherwise it must agree with the graph.
+    max_memory : int, optional
+        Bytes a derivative run may hold: ``batch_size`` is lowered to ``max_memory //
+        row_bytes_`` (at least 1) for a graph with a dynamic batch axis.
 
     Attributes
     ----------
@@ -123,6 +127,10 @@ class OnnxBackend(Backend):
     batch_size : int
         Inputs per run (the graph's own batch size when it declares a fixed one; 1 for a graph
         that mixes the inputs of a batch).
+    row_bytes_ : int or None
+        Estimated bytes of one row of a derivative run: three times the tensors of one input's
+        forward pass (activations and their adjoints or tangents), from ONNX shape inference;
+        None when inference gives no sizes.
     rewritten_ : list of str
         How the graph that is differentiated differs from the one loaded: the ``ai.onnx.ml``
         nodes (``LinearClassifier``, ``Normalizer``, ``Scaler``: scikit-learn exports) rewritten
@@ -201,11 +209,12 @@ class OnnxBackend(Backend):
     def __init__(self, model: Any, *, providers: str | Sequence[Any] | None = None,
                  input_name: str | None = None, output_name: str | None = None,
                  output: str = "auto", batch_size: int = 64,
-                 input_shape: Sequence[int] | None = None):
+                 input_shape: Sequence[int] | None = None, max_memory: int | None = None):
         onnx, ort, onnx_ad = _frameworks()
         self._onnx, self._ort, self._onnx_ad = onnx, ort, onnx_ad
         output = check_method(output, OUTPUT_KINDS, "output")
         batch_size = check_int(batch_size, "batch_size", min_val=1)
+        max_memory = check_int(max_memory, "max_memory", min_val=1, allow_none=True)
         self.model, self._source = _load(onnx, model)
         self._providers = _check_providers(ort, providers)
 
@@ -236,6 +245,9 @@ class OnnxBackend(Backend):
         self._opset = opset_of(self._work)
         self._dims = inferred_dims(onnx, _with_input_dims(onnx, self._work, self.input_name,
                                                           [self._fixed_batch or 2, *shape]))
+        self.row_bytes_ = self._row_bytes()
+        if max_memory is not None and self._fixed_batch is None and self.row_bytes_:
+            self.batch_size = max(1, min(self.batch_size, max_memory // self.row_bytes_))
         self.batch_coupling_ = self._batch_coupling()
         if self.batch_coupling_:
             self._one_input_per_run()
@@ -275,6 +287,21 @@ class OnnxBackend(Backend):
                              "class scores of shape (batch, n_classes) with n_classes >= 2")
         self._out_elem = out_elem
         return served
+
+    #: a derivative run holds about this many times a forward pass's tensors (activations and adjoints)
+    _DERIVATIVE_FACTOR = 3
+
+    def _row_bytes(self) -> int | None:
+        """Estimated bytes one row of a derivative run holds: the tensors of the differentiated graph
+        that carry the batch axis (shapes from inference at the probe batch), per row, times
+        :attr:`_DERIVATIVE_FACTOR`; None where shape inference gave no sizes."""
+        b = self._fixed_batch or 2
+        produced = {o for node in self._work.graph.node for o in node.output if o}
+        total = 0
+        for name, dims in self._dims.items():
+            if name in produced and dims and dims[0] == b and all(isinstance(d, int) for d in dims):
+                total += math.prod(dims[1:])
+        return int(self._DERIVATIVE_FACTOR * total * self.dtype.itemsize) or None
 
     def _check_rewrite(self, probe: np.ndarray) -> None:
         """The rewritten ai.onnx.ml operators give ONNX Runtime's own outputs on the probe batch."""
@@ -441,11 +468,14 @@ class OnnxBackend(Backend):
             self._cache.popitem(last=False)
         return d
 
-    def _run(self, mode: str, x: np.ndarray, seeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(log p (rows, C), derivative)`` of one derivative run on a chunk of inputs."""
+    def _run(self, mode: str, x: np.ndarray, seeds: np.ndarray,
+             pad_to: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(log p (rows, C), derivative)`` of one derivative run on a chunk of inputs, padded (last
+        input repeated, zero seeds) to the graph's fixed batch or to ``pad_to`` rows."""
         rows = x.shape[0]
-        if self._fixed_batch is not None and rows < self._fixed_batch:
-            fill = self._fixed_batch - rows
+        target = self._fixed_batch or pad_to
+        if target is not None and rows < target:
+            fill = target - rows
             x = np.concatenate([x, np.repeat(x[-1:], fill, axis=0)])
             seeds = np.concatenate([seeds, np.zeros((fill,) + seeds.shape[1:], seeds.dtype)])
         d = self._derivative(mode, x.shape[0])
@@ -488,7 +518,8 @@ class OnnxBackend(Backend):
 
     def _run_stacked(self, mode: str, x: np.ndarray, seeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Derivative runs with ONE seed per row: ``x`` (N, *input_shape) holds each input repeated
-        once per seed, ``seeds`` (N, ..., 1). Runs in chunks of ``batch_size`` rows.
+        once per seed, ``seeds`` (N, ..., 1). Runs in chunks of ``batch_size`` rows (the last one
+        padded to that size when there are several).
 
         ONNX Runtime runs the derivative graphs with the seeds along the batch axis as ordinary
         batched convolutions; a trailing seed axis (onnx-ad's multi-seed layout) makes the reverse
@@ -497,9 +528,12 @@ class OnnxBackend(Backend):
         """
         n = x.shape[0]
         step = self._fixed_batch or min(self.batch_size, n)
+        # a last, shorter chunk of several runs is padded to the others' size: one derivative
+        # session (compiled once, with its own memory arena) serves all of them
+        pad_to = step if n > step else None
         parts_lp, parts = [], []
         for s in range(0, n, step):
-            lp, out = self._run(mode, x[s:s + step], seeds[s:s + step])
+            lp, out = self._run(mode, x[s:s + step], seeds[s:s + step], pad_to)
             parts_lp.append(lp)
             parts.append(out[..., 0])
         return np.concatenate(parts_lp), np.concatenate(parts)

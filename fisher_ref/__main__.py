@@ -72,6 +72,8 @@ def _audit_parser(sub) -> argparse.ArgumentParser:
     g.add_argument("--providers", nargs="+", metavar="P",
                    help="ONNX Runtime execution providers in order (default: CUDA when available, else CPU)")
     g.add_argument("--batch-size", type=int, default=64, help="inputs per ONNX Runtime run (default 64)")
+    g.add_argument("--max-memory", metavar="SIZE", help="memory one worker's derivative runs may hold, e.g. 2G "
+                   "(lowers --batch-size to fit; default: a quarter of the memory available, shared by the workers)")
     g.add_argument("--input-name", help="the graph input to differentiate (models with several inputs)")
     g.add_argument("--output-name", help="the graph output holding the class scores (models with several outputs)")
     g = p.add_argument_group("output and execution")
@@ -124,13 +126,13 @@ def _without_keywords(msg: str) -> str:
 
 
 # the audit's keyword arguments whose name differs from a plain word: in a message they become the flag
-_KEYWORD_ARGUMENTS = (r"(?<![\w.\-'\"])(?:input_name|output_name|batch_size|data_format|max_epsilon|shard_size|"
+_KEYWORD_ARGUMENTS = (r"(?<![\w.\-'\"])(?:input_name|output_name|batch_size|max_memory|data_format|max_epsilon|shard_size|"
                       r"n_vulnerable|force_any|break_lock|worker_timeout|max_shards)(?![\w=(])")
 
 
 def _audit_options(args) -> dict:
     return dict(out=args.out, k=args.k, epsilons=args.epsilons, limit=args.limit, providers=args.providers,
-                batch_size=args.batch_size, input_name=args.input_name, output_name=args.output_name,
+                batch_size=args.batch_size, max_memory=args.max_memory, input_name=args.input_name, output_name=args.output_name,
                 data_format=args.data_format, split=args.split, layout=args.layout, scale=args.scale, mean=args.mean,
                 std=args.std, resize=args.resize,
                 bounds=None if args.no_clip else ("auto" if args.bounds is None else tuple(args.bounds)),

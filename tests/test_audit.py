@@ -779,3 +779,34 @@ def test_config_object_and_keywords(tmp_path, lin):
 def test_cli_names_the_flag_of_a_bad_option(tmp_path, capsys):
     code, _, err = run(["audit", "--out", tmp_path / "a", "--shard-size", "0", "--no-progress"], capsys)
     assert code == 2 and err.strip() == "fisher-ref audit: error: --shard-size must be a positive int, got 0"
+
+
+# ---------------------------------------------------------------------------------------- memory budget
+def test_max_memory_lowers_the_batch_says_so_and_changes_no_number(tmp_path, capsys):
+    """The bundled LeNet-5 holds about 0.1 MB per row of a derivative run: a 1 MiB budget means 8 rows
+    per ONNX Runtime run instead of 64, and the audit's numbers are those of the default run."""
+    from fisher_ref.audit._config import parse_memory
+
+    assert parse_memory("2G") == 2 * 2**30 and parse_memory("512MB") == 512 * 2**20 and parse_memory(3 * 2**20) == 3 * 2**20
+    assert parse_memory("1.5GiB") == 3 * 2**29 and parse_memory(None) is None
+    base = ["audit", "--limit", "12", "--no-report", "--no-progress"]
+    assert main([*base, "--out", str(tmp_path / "a")]) == 0
+    assert main([*base, "--out", str(tmp_path / "b"), "--max-memory", "1M"]) == 0
+    out = capsys.readouterr().out
+    rows = OnnxBackend(bundled_path("mnist_lenet.onnx"), max_memory=2**20).batch_size
+    assert 1 <= rows < 64
+    assert f"batch: {rows} rows per ONNX Runtime run instead of 64, to stay within --max-memory 1.0 MB" in out
+    s = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert s["config"]["batch_size"] == rows and s["config"]["batch_size_requested"] == 64
+    a, b = (np.genfromtxt(tmp_path / d / "results.csv", delimiter=",", names=True) for d in "ab")
+    for col in ("lambda_1", "lambda_9", "least_perturbation_ossa", "confidence"):
+        np.testing.assert_allclose(b[col], a[col], rtol=1e-5, atol=1e-12)
+
+
+@pytest.mark.parametrize("value, why", [("lots", "must be a size such as 2G, 512M or a number of bytes, got 'lots'"),
+                                        ("100", "max-memory must be at least 1M (1048576 bytes), got 100")])
+def test_a_bad_max_memory_is_one_line_naming_the_flag(tmp_path, capsys, value, why):
+    code = main(["audit", "--limit", "4", "--out", str(tmp_path / "o"), "--max-memory", value, "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "--max-memory" in err and why in err, err
+    assert not (tmp_path / "o").exists()

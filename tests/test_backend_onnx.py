@@ -458,3 +458,20 @@ def test_saturated_class_gradient_keeps_relative_accuracy_in_float32():
     np.testing.assert_allclose(g[0, 0], expected, rtol=1e-6, atol=0)
     _, gl = backend.loss_gradient(x, [0])
     np.testing.assert_allclose(gl[0], expected, rtol=1e-6, atol=0)
+
+
+def test_max_memory_lowers_the_rows_per_run_not_the_results(convnet_protos):
+    """row_bytes_ is three times one input's forward tensors; a budget of a few rows gives the same
+    class gradients and Fisher-vector products as the default batch, in more runs."""
+    proto = convnet_protos[0]
+    full = OnnxBackend(proto)
+    assert full.row_bytes_ > 0 and full.batch_size == 64
+    small = OnnxBackend(proto, max_memory=3 * full.row_bytes_)
+    assert small.batch_size == 3
+    x = np.random.default_rng(0).random((5, *full.input_shape)).astype(np.float32)
+    v = np.random.default_rng(1).standard_normal((5, 4, *full.input_shape)).astype(np.float32)
+    np.testing.assert_allclose(small.class_gradients(x)[1], full.class_gradients(x)[1], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(small.fisher_vector_product(x, v), full.fisher_vector_product(x, v), rtol=1e-5, atol=1e-7)
+    assert OnnxBackend(proto, max_memory=1).batch_size == 1
+    with pytest.raises(ValueError, match="max_memory must be"):
+        OnnxBackend(proto, max_memory=0)

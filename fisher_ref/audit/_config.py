@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -35,6 +36,41 @@ def _real(value: Any, name: str, **kw) -> float | None:
         return check_real(value, name, **kw)
     except (TypeError, ValueError) as exc:
         raise ConfigError(str(exc), name) from exc
+
+
+_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20, "mib": 2**20,
+          "g": 2**30, "gb": 2**30, "gib": 2**30, "t": 2**40, "tb": 2**40, "tib": 2**40}
+
+
+def parse_memory(value: Any, name: str = "max_memory") -> int | None:
+    """Bytes from an int or a size such as ``"2G"``, ``"512MB"``, ``"1.5GiB"`` (binary units); None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", value)
+        if m is None or m.group(2).lower() not in _UNITS:
+            raise ConfigError(f"{name} must be a size such as 2G, 512M or a number of bytes, got {value!r}", name)
+        value = float(m.group(1)) * _UNITS[m.group(2).lower()]
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    got = _int(value, name)
+    if got < 2**20:
+        raise ConfigError(f"{name} must be at least 1M (1048576 bytes), got {value!r}", name)
+    return got
+
+
+def default_max_memory(workers: int = 1) -> int | None:
+    """A quarter of the memory available now, shared by ``workers`` worker processes (None if unknown)."""
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        try:
+            import psutil
+
+            available = psutil.virtual_memory().available
+        except ImportError:
+            return None
+    return max(2**28, int(available) // (4 * max(1, workers)))
 
 
 def _choice(value: Any, name: str, allowed: Sequence[str]) -> str:
@@ -140,6 +176,7 @@ class AuditConfig:
     limit: int | None = None
     providers: Any = None
     batch_size: int = 64
+    max_memory: Any = None
     input_name: str | None = None
     output_name: str | None = None
     data_format: str = "auto"
@@ -184,6 +221,7 @@ class AuditConfig:
             "epsilons": _epsilons(self.epsilons),
             "limit": _int(self.limit, "limit", min_val=1, allow_none=True),
             "batch_size": _int(self.batch_size, "batch_size", min_val=1),
+            "max_memory": parse_memory(self.max_memory),
             "input_name": _name(self.input_name, "input_name"),
             "output_name": _name(self.output_name, "output_name"),
             "data_format": _choice(self.data_format, "data_format", DATA_FORMATS),

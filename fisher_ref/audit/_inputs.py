@@ -19,7 +19,7 @@ from .._backend import Backend
 from ._data import RawData, raw_from_arrays, raw_from_path
 from ._errors import DataError, DependencyError, ModelError
 from ._files import sha256_arrays, sha256_bytes, sha256_file
-from ._model import jsonable_providers, open_model, with_normalization
+from ._model import jsonable_providers, memory_budget, open_model, with_normalization
 from ._outdir import FORMAT_VERSION
 from ._prepare import prepare_data, resolve_bounds
 from ._shards import ShardSpec
@@ -107,6 +107,13 @@ def _fingerprint(model_path: str, x: np.ndarray, y, spec: ShardSpec, shard_size:
             "n_shards": -(-n // shard_size), **{key: spec.to_json()[key] for key in keys}}
 
 
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 2**30), ("MB", 2**20)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
 def prepare_inputs(model: Any, data: Any, labels: Any, cfg, say) -> Prepared:
     """Read and check the model and the data, bring the data to the model's space, fix k and bounds."""
     model_path, data, bundled = resolve_model_and_data(model, data)
@@ -127,8 +134,11 @@ def prepare_inputs(model: Any, data: Any, labels: Any, cfg, say) -> Prepared:
     say(f"data:  {count(x.shape[0], 'input')} of shape {shape_str(input_shape)} from {raw.description['source']} "
         f"({'labels given' if y is not None else 'no labels: attacking the predictions'})")
     inner = getattr(backend, "inner", backend)
+    if inner.batch_size < cfg.batch_size and getattr(inner, "row_bytes_", None):
+        say(f"batch: {count(inner.batch_size, 'row')} per ONNX Runtime run instead of {cfg.batch_size}, to stay "
+            f"within --max-memory {_size(memory_budget(cfg))} (about {_size(inner.row_bytes_)} per row)")
     spec = ShardSpec(model=model_path, providers=jsonable_providers(cfg.providers), input_name=inner.input_name,
-                     output_name=inner.output_name, batch_size=cfg.batch_size, input_shape=input_shape,
+                     output_name=inner.output_name, batch_size=inner.batch_size, input_shape=input_shape,
                      mean=None if cfg.mean is None else list(cfg.mean), std=None if cfg.std is None else list(cfg.std),
                      k=k, epsilons=tuple(cfg.epsilons), bounds=bounds, max_epsilon=cfg.max_epsilon, tol=cfg.tol)
     return Prepared(model_path, bundled, backend, x, y, raw, spec, _fingerprint(model_path, x, y, spec, cfg.shard_size))

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from .._backend import Backend
+from ._config import default_max_memory
 from ._errors import DependencyError, ModelError
 from ._prepare import channel_shape
 from .._text import one_line
@@ -35,12 +36,13 @@ def _model_message(model: str, exc: BaseException) -> str:
     return f"model {model}: {msg}"
 
 
-def _onnx_backend(model: str, *, providers, input_name, output_name, batch_size, input_shape=None) -> Backend:
+def _onnx_backend(model: str, *, providers, input_name, output_name, batch_size, input_shape=None,
+                  max_memory=None) -> Backend:
     try:
         from ..backends.onnxruntime import OnnxBackend
 
         return OnnxBackend(model, providers=_providers(providers), input_name=input_name, output_name=output_name,
-                           batch_size=batch_size, input_shape=input_shape)
+                           batch_size=batch_size, input_shape=input_shape, max_memory=max_memory)
     except ImportError as exc:
         raise DependencyError(one_line(exc)) from exc
     except (ValueError, TypeError, RuntimeError) as exc:
@@ -67,7 +69,7 @@ def open_model(model: str, cfg, raw: np.ndarray) -> Backend:
     """The backend of the audit (before normalisation); a graph whose input dimensions are
     symbolic takes the shape of one input of the data."""
     kw = dict(providers=cfg.providers, input_name=cfg.input_name, output_name=cfg.output_name,
-              batch_size=cfg.batch_size)
+              batch_size=cfg.batch_size, max_memory=memory_budget(cfg))
     try:
         return _onnx_backend(model, **kw)
     except ModelError as first:
@@ -77,6 +79,20 @@ def open_model(model: str, cfg, raw: np.ndarray) -> Backend:
             return _onnx_backend(model, input_shape=tuple(raw.shape[1:]), **kw)
         except ModelError:
             raise first from None
+
+
+def memory_budget(cfg) -> int | None:
+    """Bytes one worker's derivative runs may hold: ``max_memory``, or a quarter of the memory
+    available now shared by the local workers of ``scheduler="local:N"``."""
+    if cfg.max_memory is not None:
+        return cfg.max_memory
+    workers = 1
+    if cfg.scheduler and cfg.scheduler.startswith("local:"):
+        try:
+            workers = int(cfg.scheduler.split(":", 1)[1])
+        except ValueError:  # the scheduler's own check reports it
+            pass
+    return default_max_memory(workers)
 
 
 def jsonable_providers(providers):

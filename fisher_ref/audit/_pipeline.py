@@ -83,7 +83,7 @@ def _summary(prep: Prepared, cfg: AuditConfig, run: ShardRun, cols: dict) -> dic
     summary["config"] = {"k": spec.k, "k_requested": cfg.k, "epsilons": list(spec.epsilons), "limit": cfg.limit,
                          "bounds": None if spec.bounds is None else list(spec.bounds), "max_epsilon": spec.max_epsilon,
                          "tol": spec.tol, "shard_size": cfg.shard_size, "n_shards": len(run.slices),
-                         "scheduler": cfg.scheduler, "batch_size": cfg.batch_size}
+                         "scheduler": cfg.scheduler, "batch_size": spec.batch_size, "batch_size_requested": cfg.batch_size}
     shards = [run.done[i] for i in range(len(run.slices))]
     summary["run"] = {"fisher_ref_version": _version(), "finished": _dt.datetime.now().isoformat(timespec="seconds"),
                       "shards_computed": len(run.computed), "shards_resumed": len(run.skipped),
@@ -152,7 +152,9 @@ def audit(model: str | os.PathLike | None = None, data: Any = None, *, labels: A
         The fields of :class:`AuditConfig`: ``out`` (default a fresh
         ``fisher-ref-audit/run-YYYYmmdd-HHMMSS``), ``k`` (10; clamped, with a log line, to the
         input dimension and to C - 1, the most eigenvalues that can be nonzero), ``epsilons``
-        ((0.5, 1, 2, 3)), ``limit``, ``providers``, ``batch_size`` (64), ``input_name``,
+        ((0.5, 1, 2, 3)), ``limit``, ``providers``, ``batch_size`` (64), ``max_memory`` (bytes, or
+        a size such as ``"2G"``, that one worker's derivative runs may hold: ``batch_size`` is
+        lowered to fit; default a quarter of the memory available, shared by the workers), ``input_name``,
         ``output_name``, ``data_format``, ``split``, ``layout``, ``scale``, ``mean``, ``std``
         (normalisation applied inside the backend, so budgets and bounds stay in the scaled-pixel
         space), ``resize``, ``bounds`` ("auto": [0, 1], and data outside it is refused; ``(lo,
