@@ -457,16 +457,56 @@ class OnnxBackend(Backend):
         if mode == "scores":  # the scores themselves, no derivative
             d = _Derivative(base, None, self._log_p)
         else:
-            transform = self._onnx_ad.reverse if mode == "reverse" else self._onnx_ad.forward
-            try:
-                model = transform(base, inputs=[self.input_name], outputs=[self._log_p], layout="onnx")
-            except Exception as exc:
-                raise _ad_error(self._onnx_ad, exc, mode) from exc
+            model = self._differentiated(base, mode, batch)
             d = _Derivative(model, model.graph.input[-1].name, model.graph.output[-1].name)
         self._cache[key] = d
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
         return d
+
+    def _differentiated(self, base, mode: str, batch: int):
+        """onnx-ad's ``mode`` derivative of ``base``. Where it fails, once more with every tensor's
+        shape as one run of the graph at this batch size gives it (ONNX shape inference cannot
+        follow some exporters' Shape -> Reshape arithmetic, and onnx-ad needs the shapes a
+        transposed convolution or a pooling window takes); the first error stands if that fails too."""
+        transform = self._onnx_ad.reverse if mode == "reverse" else self._onnx_ad.forward
+        try:
+            return transform(base, inputs=[self.input_name], outputs=[self._log_p], layout="onnx")
+        except Exception as exc:
+            annotated = self._with_run_shapes(base, batch)
+            if annotated is None:
+                raise _ad_error(self._onnx_ad, exc, mode) from exc
+            try:
+                return transform(annotated, inputs=[self.input_name], outputs=[self._log_p], layout="onnx")
+            except Exception:
+                raise _ad_error(self._onnx_ad, exc, mode) from exc
+
+    def _with_run_shapes(self, base, batch: int):
+        """``base`` with the shape and type of every node output set from one ONNX Runtime run on a
+        probe batch of ``batch`` inputs; None when the graph cannot be run that way."""
+        onnx = self._onnx
+        probe = onnx.ModelProto()
+        probe.CopyFrom(base)
+        graph = probe.graph
+        known = {v.name for v in graph.output}
+        names = [o for node in graph.node for o in node.output if o and o not in known]
+        types = {v.name: v.type.tensor_type.elem_type for v in graph.value_info}
+        graph.output.extend(onnx.helper.make_tensor_value_info(n, types.get(n) or self._out_elem, None)
+                            for n in names)
+        x = np.random.default_rng(0).random((batch,) + self.input_shape).astype(self.dtype)
+        try:
+            session = self._session(probe, "the graph with every tensor as an output")
+            values = session.run(names, {self.input_name: x})
+        except Exception:  # a tensor of another element type than guessed, or no runnable graph
+            return None
+        out = onnx.ModelProto()
+        out.CopyFrom(base)
+        del out.graph.value_info[:]
+        for name, value in zip(names, values):
+            value = np.asarray(value)
+            elem = onnx.helper.np_dtype_to_tensor_dtype(value.dtype)
+            out.graph.value_info.append(onnx.helper.make_tensor_value_info(name, elem, list(value.shape)))
+        return out
 
     def _run(self, mode: str, x: np.ndarray, seeds: np.ndarray,
              pad_to: int | None = None) -> tuple[np.ndarray, np.ndarray]:

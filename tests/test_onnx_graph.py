@@ -253,3 +253,50 @@ def test_the_audit_takes_a_softmax_reshape_model_and_one_that_mixes_its_batch(tm
     ref = np.linalg.eigvalsh(exact(W, b, x)[2])[:, ::-1][:, :C - 1]
     np.testing.assert_allclose(lam, ref, rtol=1e-9, atol=1e-12 * ref.max())
     capsys.readouterr()
+
+
+# --------------------------------------------------------------------- shapes shape inference cannot follow
+def conv_after_reshape(static: bool):
+    """x (N, 32) -> Reshape (N, 2, 4, 4) -> Conv (stride 2) -> Flatten -> Gemm (N, C). ``static``: the
+    target shape is a constant; else it is computed at run time, so the Conv's input shape is
+    unknown to onnx-ad (as in some exporters' Shape -> Reshape arithmetic, e.g. torchvision's
+    ShuffleNetV2 through the TorchScript exporter)."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((3, 2, 3, 3)).astype(np.float32), "K"),
+             numpy_helper.from_array(rng.standard_normal((C, 12)).astype(np.float32), "W"),
+             numpy_helper.from_array(rng.standard_normal(C).astype(np.float32), "b"),
+             ints("channels", [2]), ints("zero", [0]), ints("one", [1]), ints("zero2", [0, 0]), ints("one2", [1, 1]), ints("static_shape", [-1, 2, 4, 4]),
+             numpy_helper.from_array(np.array(0.0, np.float32), "zero_f"),
+             numpy_helper.from_array(np.array(4.0, np.float32), "four")]
+    if static:
+        nodes = [helper.make_node("Reshape", ["x", "static_shape"], ["r"])]
+    else:
+        # n = Shape(x)[0]; h = round(0 * x[0, 0] + 4): a value of the data, so neither shape inference
+        # nor onnx-ad's constant folding knows the Reshape's output shape
+        nodes = [helper.make_node("Shape", ["x"], ["sx"]), helper.make_node("Gather", ["sx", "zero"], ["n"], axis=0),
+                 helper.make_node("Slice", ["x", "zero2", "one2"], ["x00"]), helper.make_node("Reshape", ["x00", "one"], ["v"]),
+                 helper.make_node("Mul", ["v", "zero_f"], ["z0"]), helper.make_node("Add", ["z0", "four"], ["hf"]),
+                 helper.make_node("Round", ["hf"], ["hr"]), helper.make_node("Cast", ["hr"], ["h"], to=TensorProto.INT64),
+                 helper.make_node("Concat", ["n", "channels", "h", "h"], ["shape"], axis=0),
+                 helper.make_node("Reshape", ["x", "shape"], ["r"])]
+    nodes += [helper.make_node("Conv", ["r", "K"], ["c"], pads=[1, 1, 1, 1], strides=[2, 2], name="conv"),
+              helper.make_node("Relu", ["c"], ["a"]), helper.make_node("Flatten", ["a"], ["f"], axis=1),
+              helper.make_node("Gemm", ["f", "W", "b"], ["y"], transB=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", C])], inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def test_shapes_from_one_run_let_onnx_ad_differentiate_what_inference_cannot_follow(monkeypatch):
+    x = np.random.default_rng(1).standard_normal((4, 32)).astype(np.float32)
+    ref = OnnxBackend(conv_after_reshape(static=True))
+    got = OnnxBackend(conv_after_reshape(static=False))
+    np.testing.assert_allclose(got.class_gradients(x)[1], ref.class_gradients(x)[1], rtol=1e-6, atol=1e-7)
+    v = np.random.default_rng(2).standard_normal((4, 3, 32)).astype(np.float32)
+    np.testing.assert_allclose(got.fisher_vector_product(x, v), ref.fisher_vector_product(x, v), rtol=1e-5, atol=1e-7)
+    # without the shapes of a run, onnx-ad's error names the Conv
+    monkeypatch.setattr(OnnxBackend, "_with_run_shapes", lambda self, base, batch: None)
+    with pytest.raises(ValueError, match=r"cannot differentiate operator Conv \(node 'conv'\)"):
+        OnnxBackend(conv_after_reshape(static=False))
