@@ -206,3 +206,90 @@ def describe(found: Sequence[str], limit: int = 3) -> str:
     """``"Softmax 'a' over axis 0, ReduceMean 'b' ..."``: the first ``limit`` findings and a count of the rest."""
     text = ", ".join(found[:limit])
     return text + (f" and {len(found) - limit} more" if len(found) > limit else "")
+
+
+# ------------------------------------------------------------------------- race-free scatter-add
+def race_free_scatters(onnx, model):
+    """``(model, n, unsafe)``: a copy with ``n`` ``ScatterND(reduction="add")`` nodes replaced by the
+    same sum through ``ScatterElements(reduction="add")`` (the model itself when there are none);
+    ``unsafe`` counts those left as they are.
+
+    ONNX Runtime's CPU ScatterND adds the slices of different threads into the output without
+    synchronisation, so duplicate indices (onnx-ad's reverse of a Gather that repeats an index, as
+    adaptive pooling and upsampling do) give a different, wrong sum from run to run
+    (microsoft/onnxruntime#23396, #18048); its ScatterElements kernel adds in order. The indices
+    ``(..., k)`` are flattened to rows of ``data`` reshaped to ``(prod(shape[:k]), rest)``, negative
+    ones first counted from the end; ``k`` must be known from the indices' inferred shape (a node
+    whose ``k`` is not is left as it is, and counted in ``unsafe``).
+    """
+    targets = [n for n in model.graph.node if n.op_type == "ScatterND" and _reduction(n) == "add"]
+    if not targets:
+        return model, 0, 0
+    dims = inferred_dims(onnx, model)
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    nodes, inits, done, unsafe = [], [], 0, 0
+    for node in out.graph.node:
+        k = None
+        if node.op_type == "ScatterND" and _reduction(node) == "add":
+            shape = dims.get(node.input[1])
+            k = shape[-1] if shape and isinstance(shape[-1], int) else None
+            unsafe += k is None
+        if k is None:
+            nodes.append(node)
+            continue
+        new_nodes, new_inits = _scatter_elements_add(onnx.helper, onnx.numpy_helper, node, k)
+        nodes += new_nodes
+        inits += new_inits
+        done += 1
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    out.graph.initializer.extend(inits)
+    return out, done, unsafe
+
+
+def _reduction(node) -> str:
+    value = attribute(node, "reduction", "none")
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _scatter_elements_add(helper, numpy_helper, node, k: int):
+    """Nodes computing ``ScatterND(data, indices, updates, reduction="add")`` with ScatterElements."""
+    import numpy as np
+
+    data, indices, updates = node.input[:3]
+    stem = (node.name or node.output[0]) + "_fisher_ref"
+    nodes, inits, i = [], [], [0]
+
+    def name(what):
+        i[0] += 1
+        return f"{stem}_{what}_{i[0]}"
+
+    def const(values, what):
+        n = name(what)
+        inits.append(numpy_helper.from_array(np.asarray(values, np.int64), n))
+        return n
+
+    def op(op_type, inputs, **attrs):
+        out = name(op_type.lower())
+        nodes.append(helper.make_node(op_type, inputs, [out], name=out, **attrs))
+        return out
+
+    shape = op("Shape", [data])
+    head = op("Slice", [shape, const([0], "zero"), const([k], "k")])
+    rows = op("ReduceProd", [op("Concat", [const([1], "one"), head], axis=0)], keepdims=1)
+    rest = op("ReduceProd", [op("Concat", [const([1], "one"), op("Slice", [shape, const([k], "k"),
+                                                                          const([2**62], "end")])], axis=0)],
+              keepdims=1)
+    flat = None  # sum_j idx_j * prod(head[j+1:]), each idx_j counted from the end when negative
+    for j in range(k):
+        dim = op("Gather", [head, const([j], "j")])
+        idx = op("Gather", [indices, const(j, "j")], axis=-1)
+        idx = op("Where", [op("Less", [idx, const(0, "zero")]), op("Add", [idx, dim]), idx])
+        flat = idx if flat is None else op("Add", [op("Mul", [flat, dim]), idx])
+    upd = op("Reshape", [updates, op("Concat", [const([-1], "minus_one"), rest], axis=0)])
+    where = op("Expand", [op("Reshape", [flat, const([-1, 1], "column")]), op("Shape", [upd])])
+    table = op("Reshape", [data, op("Concat", [rows, rest], axis=0)])
+    summed = op("ScatterElements", [table, where, upd], axis=0, reduction="add")
+    nodes.append(helper.make_node("Reshape", [summed, shape], [node.output[0]], name=name("reshape")))
+    return nodes, inits

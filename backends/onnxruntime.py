@@ -32,7 +32,8 @@ import numpy as np
 from .._backend import Backend, _check_shape
 from .._softmax import fisher_weights, log_softmax, softmax_seeds
 from .._validation import check_int, check_method, shape_str
-from ._onnx_graph import batch_coupled_nodes, describe, final_softmax, inferred_dims, opset_of, upgraded
+from ._onnx_graph import (batch_coupled_nodes, describe, final_softmax, inferred_dims, opset_of,
+                          race_free_scatters, upgraded)
 from ._onnx_ml import rewrite_ml_operators, scores_output, with_only_output
 
 __all__ = ["OnnxBackend"]
@@ -321,6 +322,11 @@ class OnnxBackend(Backend):
         ort = self._ort
         options = ort.SessionOptions()
         options.log_severity_level = 3  # ORT warns about every constant it folds away
+        # ScatterND(reduction="add") races between threads on duplicate indices: summed in order
+        # instead, or, where the rewrite cannot be made, the whole session on one thread
+        model, _, unsafe = race_free_scatters(self._onnx, model)
+        if unsafe:
+            options.intra_op_num_threads = 1
         kwargs = {}
         if _version(ort) < (1, 19):
             # onnx-ad's README: EliminateIdentity miscompiles some derivative models before 1.19

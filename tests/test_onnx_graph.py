@@ -300,3 +300,67 @@ def test_shapes_from_one_run_let_onnx_ad_differentiate_what_inference_cannot_fol
     monkeypatch.setattr(OnnxBackend, "_with_run_shapes", lambda self, base, batch: None)
     with pytest.raises(ValueError, match=r"cannot differentiate operator Conv \(node 'conv'\)"):
         OnnxBackend(conv_after_reshape(static=False))
+
+
+# --------------------------------------------------------------------- ScatterND(add) without the race
+def gather_with_repeats(D=64, R=256, M=4000, seed=0):
+    """x (N, D*R) viewed as (N, D, R), gathered at M indices in [0, D) (each about M/D times, as
+    adaptive pooling and upsampling repeat pixels), then a linear map to C classes: the reverse of
+    the Gather is a ScatterND(reduction="add") with many duplicate indices. Returns the model and
+    A (C, D*R) with logits = A x, the exact Jacobian."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, D, M).astype(np.int64)
+    W = (0.01 * rng.standard_normal((C, M * R))).astype(np.float32)
+    nodes = [helper.make_node("Reshape", ["x", "s1"], ["xr"]), helper.make_node("Gather", ["xr", "idx"], ["g"], axis=1),
+             helper.make_node("Reshape", ["g", "s2"], ["f"]), helper.make_node("Gemm", ["f", "W"], ["y"], transB=1)]
+    inits = [ints("s1", [-1, D, R]), numpy_helper.from_array(idx, "idx"), ints("s2", [-1, M * R]),
+             numpy_helper.from_array(W, "W")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", D * R])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", C])], inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    A = np.zeros((C, D, R))
+    for c in range(C):
+        np.add.at(A[c], idx, W.reshape(C, M, R)[c].astype(np.float64))
+    return m, A.reshape(C, -1)
+
+
+def test_repeated_indices_give_the_same_exact_gradients_on_every_run():
+    """Before: ONNX Runtime's multi-threaded ScatterND(add) lost updates, so the class gradients were
+    off by ~10% and different on each run (2 cores suffice). Now the same, exact, every run."""
+    model, A = gather_with_repeats()
+    x = np.random.default_rng(1).random((2, A.shape[1])).astype(np.float32)
+    z = x.astype(np.float64) @ A.T
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    ref = (p @ A)[:, None, :] - A[None]  # grad_x(-log p_c) = A^T (p - e_c)
+    be = OnnxBackend(model)
+    runs = [be.class_gradients(x)[1] for _ in range(4)]
+    for g in runs:
+        assert np.abs(g - ref).max() <= 1e-5 * np.abs(ref).max()
+        np.testing.assert_array_equal(g, runs[0])
+
+
+def test_the_scatter_rewrite_sums_duplicates_for_any_index_depth():
+    from fisher_ref.backends._onnx_graph import race_free_scatters
+
+    rng = np.random.default_rng(0)
+    for data_shape, index_shape, k in [((64, 512), (3000, 1), 1), ((8, 8, 16), (300, 2), 2), ((6, 5, 4), (7, 3, 3), 3)]:
+        idx = np.stack([rng.integers(-d, d, index_shape[:-1]) for d in data_shape[:k]], -1).astype(np.int64)
+        upd = rng.standard_normal(index_shape[:-1] + data_shape[k:]).astype(np.float32)
+        ref = rng.standard_normal(data_shape).astype(np.float32).astype(np.float64)
+        data = ref.astype(np.float32)
+        np.add.at(ref, tuple(np.moveaxis(idx % np.array(data_shape[:k]), -1, 0)), upd.astype(np.float64))
+        node = helper.make_node("ScatterND", ["data", "ind", "upd"], ["y"], reduction="add")
+        graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("data", TensorProto.FLOAT, list(data_shape)),
+                                                helper.make_tensor_value_info("upd", TensorProto.FLOAT, list(upd.shape))],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(data_shape))],
+                                  [numpy_helper.from_array(idx, "ind")])
+        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+        m.ir_version = 8
+        fixed, n, unsafe = race_free_scatters(onnx, m)
+        assert (n, unsafe) == (1, 0) and not any(nd.op_type == "ScatterND" for nd in fixed.graph.node)
+        sess = ort.InferenceSession(fixed.SerializeToString(), providers=["CPUExecutionProvider"])
+        for _ in range(3):
+            got = sess.run(None, {"data": data, "upd": upd})[0]
+            np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)

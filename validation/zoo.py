@@ -4,7 +4,9 @@ For each model (seeded random weights; no pretrained weights are downloaded) and
 the ONNX export is read by :class:`~fisher_ref.backends.OnnxBackend` and compared with
 :class:`~fisher_ref.backends.TorchBackend` on the same network:
 
-* class gradients: largest difference relative to the largest gradient;
+* class gradients: largest difference relative to the largest gradient, beside the same figure for
+  TorchBackend float32 against float64 (a model whose float32 gradients are themselves that far
+  from float64 is reported as "float32 ill-conditioned", not as a disagreement);
 * the top-5 Fisher eigenvalues: largest difference relative to lambda_1;
 * the OSSA direction: ``|cos|`` of the two top eigenvectors (the worst input);
 
@@ -61,8 +63,12 @@ class Row:
     n_classes: int
     opset: int | None = None            # None: the exporter's default
     batch: int | None = None            # None: a dynamic batch axis
-    status: str = "ok"                  # "ok", "disagrees", "export failed", "backend failed", "audit failed"
-    gradient_error: float | None = None
+    #: "ok", "disagrees", "float32 ill-conditioned" (torch float32 itself is as far from float64),
+    #: "export failed", "backend failed", "audit failed"
+    status: str = "ok"
+    gradient_error: float | None = None      # OnnxBackend against TorchBackend, both float32
+    torch_float32_error: float | None = None  # TorchBackend float32 against float64: the model's own float32 noise
+    onnx_float64_error: float | None = None   # OnnxBackend (float32) against TorchBackend float64
     eigenvalue_error: float | None = None
     min_cos: float | None = None
     seconds_per_input: float | None = None
@@ -295,12 +301,15 @@ def check(name: str, family: str, builder: Callable, input_shape: tuple, exporte
           opset: int | None = None, batch: int | None = None, audit: bool = False, folder: Path | None = None) -> Row:
     """One model through one exporter (at ``opset``, with a fixed ``batch`` or a dynamic batch axis):
     agreement of OnnxBackend with TorchBackend, and with ``audit`` the audit of the export."""
+    import torch
+
     import fisher_ref as fr
     from fisher_ref.backends import OnnxBackend, TorchBackend, export_onnx
 
     net = _seeded(builder)
     tb = TorchBackend(net, input_shape=input_shape, output=TORCH_OUTPUT.get(name, "logits"))
     x = _inputs(input_shape, n)
+    t64 = TorchBackend(net, input_shape=input_shape, output=TORCH_OUTPUT.get(name, "logits"), dtype=torch.float64)
     row = Row(name, family, exporter, tuple(input_shape), int(tb.probabilities(x[:1]).shape[1]), opset, batch)
     folder = Path(folder or tempfile.mkdtemp(prefix="fisher_ref_zoo_"))
     path = folder / f"{abs(hash((name, exporter, opset, batch))):x}.onnx"
@@ -316,16 +325,21 @@ def check(name: str, family: str, builder: Callable, input_shape: tuple, exporte
         return row
     if ob.rewritten_:
         row.notes.append("rewritten: " + ", ".join(ob.rewritten_))
-    _compare(row, tb, ob, x, fr)
+    _compare(row, tb, ob, x, fr, t64)
     if audit and row.status == "ok":
         _audit(row, path, x, folder)
     return row
 
 
-def _compare(row: Row, tb, ob, x: np.ndarray, fr) -> None:
+def _compare(row: Row, tb, ob, x: np.ndarray, fr, t64=None) -> None:
     _, gt = tb.class_gradients(x)
     _, go = ob.class_gradients(x)
     row.gradient_error = float(np.abs(go - gt).max() / max(np.abs(gt).max(), 1e-300))
+    if t64 is not None:
+        _, g64 = t64.class_gradients(x.astype(np.float64))
+        scale = max(np.abs(g64).max(), 1e-300)
+        row.torch_float32_error = float(np.abs(gt - g64).max() / scale)
+        row.onnx_float64_error = float(np.abs(go - g64).max() / scale)
     k = min(K, row.n_classes - 1)
     t0 = time.perf_counter()
     wt, vt = fr.fisher_spectrum(x, tb, k=k)
@@ -338,7 +352,8 @@ def _compare(row: Row, tb, ob, x: np.ndarray, fr) -> None:
     cos = np.abs(np.einsum("nd,nd->n", vt[:, 0].reshape(len(x), -1), vo[:, 0].reshape(len(x), -1)))
     row.min_cos = float(cos.min())
     if row.gradient_error > TOL_GRADIENTS or row.eigenvalue_error > TOL_EIGENVALUES or row.min_cos < COS_MIN:
-        row.status = "disagrees"
+        ill = row.torch_float32_error is not None and row.torch_float32_error > TOL_GRADIENTS
+        row.status = "float32 ill-conditioned" if ill else "disagrees"
 
 
 def _audit(row: Row, path: Path, x: np.ndarray, folder: Path) -> None:
@@ -362,8 +377,8 @@ def _one_line(exc: BaseException) -> str:
 # ---------------------------------------------------------------------------------------- reporting
 def markdown(rows: list[Row]) -> str:
     """The README's zoo table: one line per model and exporter."""
-    head = ("| model | family | exporter, opset, batch | input | C | result | gradients | top-5 eigenvalues "
-            "| min abs cos v1 | s/input ONNX (torch) |\n|---|---|---|---|---:|---|---:|---:|---:|---:|\n")
+    head = ("| model | family | exporter, opset, batch | input | C | result | gradients (torch float32: float64) "
+            "| top-5 eigenvalues | min abs cos v1 | s/input ONNX (torch) |\n|---|---|---|---|---:|---|---:|---:|---:|---:|\n")
     lines = []
     for r in rows:
         fmt = (lambda v: "-" if v is None else f"{v:.1e}")
@@ -372,7 +387,8 @@ def markdown(rows: list[Row]) -> str:
         cos = "-" if r.min_cos is None else f"{r.min_cos:.6f}"
         how = f"{r.exporter}, {r.opset or 'default'}, {r.batch or 'dynamic'}"
         lines.append(f"| {r.model} | {r.family} | {how} | {'x'.join(map(str, r.input_shape))} | {r.n_classes} "
-                     f"| {result} | {fmt(r.gradient_error)} | {fmt(r.eigenvalue_error)} | {cos} | {speed} |")
+                     f"| {result} | {fmt(r.gradient_error)} ({fmt(r.torch_float32_error)}) | {fmt(r.eigenvalue_error)} "
+                     f"| {cos} | {speed} |")
     return head + "\n".join(lines) + "\n"
 
 
