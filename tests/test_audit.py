@@ -8,6 +8,7 @@ import json
 import math
 import os
 import pickle
+import re
 import shutil
 from pathlib import Path
 
@@ -386,9 +387,11 @@ def test_empty_existing_folder_is_used(tmp_path):
 def test_dask_local_cluster_gives_the_local_results(bundled_run, tmp_path, capsys):
     pytest.importorskip("distributed")
     out = tmp_path / "dask"
-    code, stdout, err = run(["audit", "--out", out, *SMALL, "--no-report", "--scheduler", "local:2"], capsys)
+    code, stdout, err = run(["audit", "--out", out, *SMALL, "--no-report", "--scheduler", "local:2",
+                             "--max-memory", "600M"], capsys)
     assert code == 0, err
-    assert "LocalCluster of 2 worker processes at tcp://127.0.0.1:" in stdout
+    # each worker may hold twice the derivative-run budget (at least 1 GiB): 1.2 GB
+    assert re.search(r"LocalCluster of 2 worker processes at tcp://127\.0\.0\.1:\d+, 1\.2 GB each", stdout), stdout
     assert_same_csv(out / "results.csv", bundled_run.out / "results.csv")
     s = json.loads((out / "summary.json").read_text())
     assert s["config"]["scheduler"] == "local:2"

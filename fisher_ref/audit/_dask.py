@@ -39,8 +39,10 @@ def _quiet_distributed():
 
 
 @contextlib.contextmanager
-def _client(scheduler: str, say):
-    """A Client of the scheduler at ``scheduler``, or of a fresh LocalCluster for ``local:N``."""
+def _client(scheduler: str, say, memory_limit: int | None = None):
+    """A Client of the scheduler at ``scheduler``, or of a fresh LocalCluster for ``local:N`` whose
+    workers may each hold ``memory_limit`` bytes (Dask pauses a worker at 80% of it and restarts it
+    at 95%; the shard is then retried, see ALLOWED_FAILURES)."""
     import dask
     from distributed import Client, LocalCluster
 
@@ -50,11 +52,13 @@ def _client(scheduler: str, say):
             n_workers = int(scheduler.split(":", 1)[1])
             try:
                 cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                       dashboard_address=None, silence_logs=logging.CRITICAL)
+                                       dashboard_address=None, silence_logs=logging.CRITICAL,
+                                       memory_limit=memory_limit if memory_limit else "auto")
             except Exception as exc:  # the workers died while starting, no free port, ...
                 raise SchedulerError(f"dask: cannot start a LocalCluster of {count(n_workers, 'worker')}: "
                                      f"{one_line(exc)}") from exc
-            say(f"dask: LocalCluster of {n_workers} worker processes at {cluster.scheduler_address}")
+            limit = f", {memory_limit / 2**30:.1f} GB each" if memory_limit else ""
+            say(f"dask: LocalCluster of {n_workers} worker processes at {cluster.scheduler_address}{limit}")
         try:
             client = Client(cluster if cluster is not None else scheduler, timeout="20s")
         except (OSError, TimeoutError) as exc:
@@ -115,9 +119,11 @@ def _lost(i: int, sl: slice, why: str) -> str:
 
 
 def dask_results(scheduler: str, worker_timeout: float, compute: Callable, spec, x: np.ndarray,
-                 y: np.ndarray | None, slices: list[slice], pending: list[int], tag: str, say):
-    """Run the pending shards as tasks ``compute(spec, x, y, index)``; yield ``(i, result)`` as each completes."""
-    with _quiet_distributed(), _client(scheduler, say) as client:
+                 y: np.ndarray | None, slices: list[slice], pending: list[int], tag: str, say,
+                 memory_limit: int | None = None):
+    """Run the pending shards as tasks ``compute(spec, x, y, index)``; yield ``(i, result)`` as each
+    completes. ``memory_limit``: bytes per worker of a LocalCluster (``local:N``)."""
+    with _quiet_distributed(), _client(scheduler, say, memory_limit) as client:
         idx_all = np.arange(x.shape[0])
         futures = {}
         for i in pending:
