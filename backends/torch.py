@@ -706,7 +706,6 @@ def export_onnx(model: Any, input_shape: Sequence[int], path: Any = None, *, dty
 
 def _export_torchscript(torch, onnx, m, x, batch, opset: int):
     import io
-    import warnings
 
     dynamic = None if batch is not None else {"x": {0: "batch"}, "y": {0: "batch"}}
     buf = io.BytesIO()
@@ -722,7 +721,6 @@ def _export_dynamo(torch, m, x, batch, opset: int):
     import importlib.util
     import io
     import logging
-    import warnings
 
     if importlib.util.find_spec("onnxscript") is None:
         raise ImportError("export_onnx(exporter='dynamo') needs onnxscript: pip install 'fisher-ref[export]' "

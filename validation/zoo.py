@@ -413,7 +413,7 @@ def main(argv=None) -> int:
         ap.error(f"--batch takes 'dynamic' or positive integers, got {' '.join(args.batch)}")
     if any(b is not None and b < 1 for b in batches):
         ap.error(f"--batch takes 'dynamic' or positive integers, got {' '.join(args.batch)}")
-    models = {k: v for k, v in _blocks().items()}
+    models = dict(_blocks())
     if args.library:
         models.update(library_models(args.size))
     if args.only:
