@@ -18,6 +18,8 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
+import numpy as np
+
 #: Nodes that only change the shape of a tensor (row-major element order kept).
 SHAPE_ONLY = frozenset({"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze"})
 
@@ -208,6 +210,34 @@ def describe(found: Sequence[str], limit: int = 3) -> str:
     return text + (f" and {len(found) - limit} more" if len(found) > limit else "")
 
 
+# ------------------------------------------------------------------------- building replacement nodes
+class NodeBuilder:
+    """Nodes and constants that replace one node of a graph, under fresh names derived from it."""
+
+    def __init__(self, onnx, node, dtype=None):
+        self.helper, self.numpy_helper = onnx.helper, onnx.numpy_helper
+        self.node, self.dtype = node, dtype or np.int64
+        self.nodes: list = []
+        self.inits: list = []
+        self._stem = (node.name or node.output[0] or node.op_type) + "_fisher_ref"
+        self._i = 0
+
+    def name(self, what: str) -> str:
+        self._i += 1
+        return f"{self._stem}_{what}_{self._i}"
+
+    def const(self, value, what: str, dtype=None) -> str:
+        """An initializer holding ``value`` (in ``dtype``, default the builder's)."""
+        name = self.name(what)
+        self.inits.append(self.numpy_helper.from_array(np.asarray(value, dtype or self.dtype), name))
+        return name
+
+    def op(self, op_type: str, inputs: list, output: str | None = None, **attrs) -> str:
+        output = output or self.name(op_type.lower())
+        self.nodes.append(self.helper.make_node(op_type, inputs, [output], name=output, **attrs))
+        return output
+
+
 # ------------------------------------------------------------------------- race-free scatter-add
 def race_free_scatters(onnx, model):
     """``(model, n, unsafe)``: a copy with ``n`` ``ScatterND(reduction="add")`` nodes replaced by the
@@ -238,7 +268,7 @@ def race_free_scatters(onnx, model):
         if k is None:
             nodes.append(node)
             continue
-        new_nodes, new_inits = _scatter_elements_add(onnx.helper, onnx.numpy_helper, node, k)
+        new_nodes, new_inits = _scatter_elements_add(onnx, node, k)
         nodes += new_nodes
         inits += new_inits
         done += 1
@@ -253,43 +283,25 @@ def _reduction(node) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _scatter_elements_add(helper, numpy_helper, node, k: int):
+def _scatter_elements_add(onnx, node, k: int):
     """Nodes computing ``ScatterND(data, indices, updates, reduction="add")`` with ScatterElements."""
-    import numpy as np
-
     data, indices, updates = node.input[:3]
-    stem = (node.name or node.output[0]) + "_fisher_ref"
-    nodes, inits, i = [], [], [0]
-
-    def name(what):
-        i[0] += 1
-        return f"{stem}_{what}_{i[0]}"
-
-    def const(values, what):
-        n = name(what)
-        inits.append(numpy_helper.from_array(np.asarray(values, np.int64), n))
-        return n
-
-    def op(op_type, inputs, **attrs):
-        out = name(op_type.lower())
-        nodes.append(helper.make_node(op_type, inputs, [out], name=out, **attrs))
-        return out
-
-    shape = op("Shape", [data])
-    head = op("Slice", [shape, const([0], "zero"), const([k], "k")])
-    rows = op("ReduceProd", [op("Concat", [const([1], "one"), head], axis=0)], keepdims=1)
-    rest = op("ReduceProd", [op("Concat", [const([1], "one"), op("Slice", [shape, const([k], "k"),
-                                                                          const([2**62], "end")])], axis=0)],
-              keepdims=1)
+    b = NodeBuilder(onnx, node)  # int64 constants
+    shape = b.op("Shape", [data])
+    head = b.op("Slice", [shape, b.const([0], "zero"), b.const([k], "k")])
+    rows = b.op("ReduceProd", [b.op("Concat", [b.const([1], "one"), head], axis=0)], keepdims=1)
+    rest = b.op("ReduceProd", [b.op("Concat", [b.const([1], "one"), b.op("Slice", [shape, b.const([k], "k"),
+                                                                                  b.const([2**62], "end")])], axis=0)],
+                keepdims=1)
     flat = None  # sum_j idx_j * prod(head[j+1:]), each idx_j counted from the end when negative
     for j in range(k):
-        dim = op("Gather", [head, const([j], "j")])
-        idx = op("Gather", [indices, const(j, "j")], axis=-1)
-        idx = op("Where", [op("Less", [idx, const(0, "zero")]), op("Add", [idx, dim]), idx])
-        flat = idx if flat is None else op("Add", [op("Mul", [flat, dim]), idx])
-    upd = op("Reshape", [updates, op("Concat", [const([-1], "minus_one"), rest], axis=0)])
-    where = op("Expand", [op("Reshape", [flat, const([-1, 1], "column")]), op("Shape", [upd])])
-    table = op("Reshape", [data, op("Concat", [rows, rest], axis=0)])
-    summed = op("ScatterElements", [table, where, upd], axis=0, reduction="add")
-    nodes.append(helper.make_node("Reshape", [summed, shape], [node.output[0]], name=name("reshape")))
-    return nodes, inits
+        dim = b.op("Gather", [head, b.const([j], "j")])
+        idx = b.op("Gather", [indices, b.const(j, "j")], axis=-1)
+        idx = b.op("Where", [b.op("Less", [idx, b.const(0, "zero")]), b.op("Add", [idx, dim]), idx])
+        flat = idx if flat is None else b.op("Add", [b.op("Mul", [flat, dim]), idx])
+    upd = b.op("Reshape", [updates, b.op("Concat", [b.const([-1], "minus_one"), rest], axis=0)])
+    where = b.op("Expand", [b.op("Reshape", [flat, b.const([-1, 1], "column")]), b.op("Shape", [upd])])
+    table = b.op("Reshape", [data, b.op("Concat", [rows, rest], axis=0)])
+    summed = b.op("ScatterElements", [table, where, upd], axis=0, reduction="add")
+    b.op("Reshape", [summed, shape], node.output[0])
+    return b.nodes, b.inits

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from ._onnx_graph import NodeBuilder
+
 ML_DOMAIN = "ai.onnx.ml"
 _FLOAT_TYPES = (1, 11)  # float32, float64 (TensorProto codes)
 
@@ -124,30 +126,13 @@ def rewrite_ml_operators(onnx, model) -> tuple[Any, list[str]]:
     return out, done
 
 
-class _Context:
-    """What one rule needs: the node, helpers that make fresh names, the nodes and constants it adds."""
+class _Context(NodeBuilder):
+    """What one rule needs: the node, its opset, dtype and the producers of the graph, and a builder
+    of the nodes and constants it adds (constants in the node's dtype unless told)."""
 
     def __init__(self, onnx, node, opset: int, dtype, producer: dict):
-        self.helper, self.numpy_helper = onnx.helper, onnx.numpy_helper
-        self.node, self.opset, self.dtype, self.producer = node, opset, dtype, producer
-        self.nodes: list = []
-        self.inits: list = []
-        self._stem = (node.name or node.output[0] or node.op_type) + "_fisher_ref"
-        self._i = 0
-
-    def name(self, what: str) -> str:
-        self._i += 1
-        return f"{self._stem}_{what}_{self._i}"
-
-    def const(self, value, what: str, dtype=None) -> str:
-        name = self.name(what)
-        self.inits.append(self.numpy_helper.from_array(np.asarray(value, dtype or self.dtype), name))
-        return name
-
-    def op(self, op_type: str, inputs: list, output: str | None = None, **attrs) -> str:
-        output = output or self.name(op_type.lower())
-        self.nodes.append(self.helper.make_node(op_type, inputs, [output], name=output, **attrs))
-        return output
+        super().__init__(onnx, node, dtype)
+        self.opset, self.producer = opset, producer
 
     def reduce(self, op_type: str, x: str, output: str | None = None) -> str:
         """``op_type`` over axis 1, keeping it (axes as an input from opset 13 / 18 on)."""

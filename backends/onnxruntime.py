@@ -307,7 +307,7 @@ class OnnxBackend(Backend):
     def _check_rewrite(self, probe: np.ndarray) -> None:
         """The rewritten ai.onnx.ml operators give ONNX Runtime's own outputs on the probe batch."""
         n = probe.shape[0]
-        x = np.random.default_rng(0).random((n,) + self.input_shape).astype(self.dtype)
+        x = self._probe_batch(n)  # the inputs of the probe
         mine = self._session(_with_input_dims(self._onnx, self._work, self.input_name, [n, *self.input_shape]),
                              "the rewritten model", ValueError)
         got = np.asarray(mine.run([self.output_name], {self.input_name: x})[0], np.float64)
@@ -350,10 +350,9 @@ class OnnxBackend(Backend):
         n = self._fixed_batch or 2
         if n < 2:
             return None
-        rng = np.random.default_rng(1)
-        x = rng.random((n,) + self.input_shape).astype(self.dtype)
+        x = self._probe_batch(n, seed=1)
         y = x.copy()
-        y[1:] = rng.random((n - 1,) + self.input_shape)
+        y[1:] = self._probe_batch(n - 1, seed=2)
         try:
             a, b = (np.asarray(self._primal.run([self.output_name], {self.input_name: z})[0][0], np.float64)
                     for z in (x, y))
@@ -377,9 +376,13 @@ class OnnxBackend(Backend):
                           "slower but makes every input's results its own", stacklevel=3)
         self.batch_size = 1
 
+    def _probe_batch(self, n: int, seed: int = 0) -> np.ndarray:
+        """``n`` seeded inputs in [0, 1) of the graph's dtype: what every probe run feeds."""
+        return np.random.default_rng(seed).random((n,) + self.input_shape).astype(self.dtype)
+
     def _probe(self) -> np.ndarray:
         n = self._fixed_batch or (1 if self.batch_coupling_ else 2)
-        x = np.random.default_rng(0).random((n,) + self.input_shape).astype(self.dtype)
+        x = self._probe_batch(n)
         try:
             out = self._primal.run([self.output_name], {self.input_name: x})[0]
         except Exception as exc:
@@ -499,7 +502,7 @@ class OnnxBackend(Backend):
         types = {v.name: v.type.tensor_type.elem_type for v in graph.value_info}
         graph.output.extend(onnx.helper.make_tensor_value_info(n, types.get(n) or self._out_elem, None)
                             for n in names)
-        x = np.random.default_rng(0).random((batch,) + self.input_shape).astype(self.dtype)
+        x = self._probe_batch(batch)
         try:
             session = self._session(probe, "the graph with every tensor as an output")
             values = session.run(names, {self.input_name: x})

@@ -43,6 +43,7 @@ class Prepared:
     raw: RawData
     spec: ShardSpec
     fingerprint: dict
+    memory_budget: int | None = None  # bytes one worker's derivative runs may hold (memory_budget(cfg))
 
     @property
     def n(self) -> int:
@@ -121,7 +122,8 @@ def prepare_inputs(model: Any, data: Any, labels: Any, cfg, say) -> Prepared:
     if bundled:
         raw.description["source"] = _BUNDLED_SOURCE
     say(f"model: {model_path}")
-    backend = open_model(model_path, cfg, raw.raw)
+    budget = memory_budget(cfg)  # once: the default reads the memory available now
+    backend = open_model(model_path, cfg, raw.raw, budget)
     input_shape = tuple(backend.input_shape)
     x, y, prep = prepare_data(raw.raw, raw.labels, input_shape, limit=cfg.limit, layout=cfg.layout, scale=cfg.scale,
                               resize=None if raw.resized else cfg.resize, n_classes=backend.n_classes)
@@ -136,9 +138,10 @@ def prepare_inputs(model: Any, data: Any, labels: Any, cfg, say) -> Prepared:
     inner = getattr(backend, "inner", backend)
     if inner.batch_size < cfg.batch_size and getattr(inner, "row_bytes_", None):
         say(f"batch: {count(inner.batch_size, 'row')} per ONNX Runtime run instead of {cfg.batch_size}, to stay "
-            f"within --max-memory {_size(memory_budget(cfg))} (about {_size(inner.row_bytes_)} per row)")
+            f"within --max-memory {_size(budget)} (about {_size(inner.row_bytes_)} per row)")
     spec = ShardSpec(model=model_path, providers=jsonable_providers(cfg.providers), input_name=inner.input_name,
                      output_name=inner.output_name, batch_size=inner.batch_size, input_shape=input_shape,
                      mean=None if cfg.mean is None else list(cfg.mean), std=None if cfg.std is None else list(cfg.std),
                      k=k, epsilons=tuple(cfg.epsilons), bounds=bounds, max_epsilon=cfg.max_epsilon, tol=cfg.tol)
-    return Prepared(model_path, bundled, backend, x, y, raw, spec, _fingerprint(model_path, x, y, spec, cfg.shard_size))
+    return Prepared(model_path, bundled, backend, x, y, raw, spec, _fingerprint(model_path, x, y, spec, cfg.shard_size),
+                    budget)

@@ -65,11 +65,11 @@ def with_normalization(backend: Backend, mean, std) -> Backend:
     return NormalizedBackend(backend, channel_shape(mean, shape, "mean"), channel_shape(std, shape, "std"))
 
 
-def open_model(model: str, cfg, raw: np.ndarray) -> Backend:
-    """The backend of the audit (before normalisation); a graph whose input dimensions are
-    symbolic takes the shape of one input of the data."""
+def open_model(model: str, cfg, raw: np.ndarray, max_memory: int | None = None) -> Backend:
+    """The backend of the audit (before normalisation), its derivative runs within ``max_memory``
+    bytes; a graph whose input dimensions are symbolic takes the shape of one input of the data."""
     kw = dict(providers=cfg.providers, input_name=cfg.input_name, output_name=cfg.output_name,
-              batch_size=cfg.batch_size, max_memory=memory_budget(cfg))
+              batch_size=cfg.batch_size, max_memory=max_memory)
     try:
         return _onnx_backend(model, **kw)
     except ModelError as first:

@@ -11,7 +11,6 @@ from .._text import count
 from . import _shards
 from ._dask import dask_results
 from ._inputs import Prepared
-from ._model import memory_budget
 from ._outdir import OutputFolder
 from ._resume import verified_shards
 from ._shards import shard_files
@@ -61,7 +60,7 @@ def run_shards(prep: Prepared, folder: OutputFolder, cfg, run: ShardRun, say) ->
     if cfg.scheduler is None:
         results = _local_results(prep, run, pending)
     else:
-        budget = memory_budget(cfg)  # a local worker holds its derivative runs and the model besides
+        budget = prep.memory_budget  # a local worker holds its derivative runs and the model besides
         results = dask_results(cfg.scheduler, cfg.worker_timeout, _shards.compute_shard, prep.spec, prep.x, prep.y,
                                run.slices, pending, prep.fingerprint["data_sha256"][:10], say,
                                memory_limit=max(2 * budget, 2**30) if budget else None)
