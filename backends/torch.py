@@ -218,8 +218,10 @@ class TorchBackend(Backend):
         Runs inside torch.func transforms: only shape checks here, value checks in _check_output.
         """
         # the clone lets a model work in place on its input (autograd refuses that on the primal)
-        out = self.model(x.clone())
-        n = x.shape[0]
+        return self._scores_of(self.model(x.clone()), x.shape[0])
+
+    def _scores_of(self, out, n: int):
+        """``(s, out)`` of ``_scores`` from the model's output ``out`` for a batch of ``n`` inputs."""
         if not isinstance(out, self._torch.Tensor) or out.ndim != 2 or out.shape[0] != n or out.shape[1] < 2:
             got = shape_str(out.shape) if isinstance(out, self._torch.Tensor) else type(out).__name__
             raise ValueError(f"model output has shape {got} for a batch of {n} inputs, expected "
@@ -583,6 +585,34 @@ class TorchBackend(Backend):
                 "predictions, which the BU (Bayesian uncertainty) detector needs, are not available")
         return super().stochastic_probabilities(x, n_samples, rng=rng)
 
+    def _dropout_parts(self):
+        """``(deterministic, stochastic)`` parts of the model (see ``_torch_dropout``), or None; traced once."""
+        if not hasattr(self, "_dropout_split"):
+            from ._torch_dropout import split_at_dropout
+
+            self._dropout_split = split_at_dropout(self._torch, self.model, self._dropouts)
+        return self._dropout_split
+
+    def _dropout_forwards(self, x: np.ndarray, nb: int) -> list:
+        """One callable per batch slice of ``x``, each a forward pass under fresh dropout masks.
+
+        Where the model splits at its dropout layers and the deterministic part's outputs for all of
+        ``x`` fit in the memory budget, that part runs once here and each call runs only the rest.
+        """
+        slices = self._batch_slices(x.shape[0], nb)
+        parts = self._dropout_parts()
+        if parts is None:
+            return [lambda sl=sl: self._scores(self._to_tensor(x[sl])) for sl in slices]
+        det, sto = parts
+        cached, size = [], 0
+        with self._torch.inference_mode():
+            for sl in slices:
+                cached.append(det(self._to_tensor(x[sl])))
+                size += sum(t.numel() * t.element_size() for t in cached[-1] if isinstance(t, self._torch.Tensor))
+                if size > _MEMORY_BUDGET:
+                    return [lambda sl=sl: self._scores(self._to_tensor(x[sl])) for sl in slices]
+        return [lambda f=f, sl=sl: self._scores_of(sto(*f), sl.stop - sl.start) for f, sl in zip(cached, slices)]
+
     def _stochastic_probabilities(self, x: np.ndarray, n_samples: int, rng: np.random.Generator) -> np.ndarray:
         torch = self._torch
         n = x.shape[0]
@@ -593,6 +623,7 @@ class TorchBackend(Backend):
             devices = [self.device.index if self.device.index is not None else torch.cuda.current_device()]
         out_arr = np.empty((n_samples, n, 0))
         try:
+            forwards = self._dropout_forwards(x, nb)
             for mod in self._dropouts:
                 mod.train()
             with torch.random.fork_rng(devices=devices), torch.inference_mode():
@@ -600,8 +631,8 @@ class TorchBackend(Backend):
                 samples = []
                 for _ in range(n_samples):
                     parts = []
-                    for sl in self._batch_slices(n, nb):
-                        s, out = self._scores(self._to_tensor(x[sl]))
+                    for sl, forward in zip(self._batch_slices(n, nb), forwards):
+                        s, out = forward()
                         self._check_output(out, sl.start)
                         parts.append(self._probs_from_logp(self._log_softmax(s)[0]))
                     samples.append(np.concatenate(parts))

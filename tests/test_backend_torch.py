@@ -444,6 +444,62 @@ def test_stochastic_probabilities_needs_dropout():
         b.stochastic_probabilities(np.zeros((1, 2, 3)), 2)
 
 
+
+class _SkipAroundDropout(nn.Module):
+    """A deterministic branch (the trunk's features) read after the dropout layer, and a second dropout."""
+
+    def __init__(self):
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Flatten(), nn.Linear(6, 8), nn.Tanh())
+        self.drop1, self.drop2 = nn.Dropout(0.5), nn.Dropout(0.3)
+        self.head, self.side = nn.Linear(8, 4), nn.Linear(8, 4)
+
+    def forward(self, x):
+        h = self.trunk(x)
+        return self.head(self.drop2(torch.tanh(self.drop1(h)))) + self.side(h)
+
+
+class _DataDependent(nn.Module):
+    """Control flow on a tensor value: torch.fx cannot trace it."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin, self.drop, self.out = nn.Linear(6, 8), nn.Dropout(0.5), nn.Linear(8, 4)
+
+    def forward(self, x):
+        h = self.lin(x.flatten(1))
+        if h.sum() > 0:
+            h = -h
+        return self.out(self.drop(h))
+
+
+class _InputDropout(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.drop, self.lin = nn.Dropout(0.2), nn.Linear(6, 4)
+
+    def forward(self, x):
+        return self.lin(self.drop(x).flatten(1))
+
+
+@pytest.mark.parametrize("make,splits", [(_SkipAroundDropout, True), (_DataDependent, False),
+                                         (_InputDropout, False), (lambda: tm.small_cnn(11), True)])
+def test_stochastic_probabilities_split_at_dropout(make, splits):
+    """The deterministic part runs once per input (torch.fx split); the samples equal full forward passes."""
+    torch.manual_seed(0)
+    model = make()
+    shape = getattr(model, "input_shape", (2, 3))
+    b = TorchBackend(model, dtype=torch.float64, input_shape=shape)
+    x = np.random.default_rng(3).standard_normal((5, *shape))
+    fast = b.stochastic_probabilities(x, 20, rng=1)
+    assert (b._dropout_parts() is not None) == splits
+    b._dropout_split = None  # full forward passes
+    whole = b.stochastic_probabilities(x, 20, rng=1)
+    np.testing.assert_array_equal(fast, whole)
+    assert not np.allclose(fast[0], fast[1])  # the masks still differ between samples
+    np.testing.assert_array_equal(b.probabilities(x), TorchBackend(model, dtype=torch.float64,
+                                                                   input_shape=b.input_shape).probabilities(x))
+
 # ---------------------------------------------------------------- cross-check with the NumPy reference
 @pytest.mark.parametrize("activation,scale", [("tanh", 1.0), ("elu", 1.0), ("tanh", 40.0)])
 def test_agrees_with_numpy_mlp(activation, scale, device):
