@@ -108,6 +108,11 @@ def normalises_over_classes(node, opset: int, dims: dict, n_classes: int, *, dir
     return math.prod(shape[1:axis]) == 1 and math.prod(shape[axis:]) == n_classes
 
 
+#: nodes whose output describes their input's shape, not its values (shape arithmetic after them, such
+#: as tf2onnx's ReduceProd of a Shape, mixes no rows)
+_METADATA = ("Shape", "Size")
+
+
 def batch_coupled_nodes(graph, input_name: str, opset: int, dims: dict) -> list[str]:
     """Descriptions of the nodes downstream of ``input_name`` that mix the rows of a batch, e.g.
     ``"Softmax 'sm' over axis 0"``: softmax-like and along-axis nodes on the batch axis, reductions
@@ -117,8 +122,8 @@ def batch_coupled_nodes(graph, input_name: str, opset: int, dims: dict) -> list[
     constants.update({n.output[0]: n for n in graph.node if n.op_type == "Constant" and n.output})
     live, found = {input_name}, []
     for node in graph.node:
-        if not any(i in live for i in node.input if i):
-            continue
+        if node.op_type in _METADATA or not any(i in live for i in node.input if i):
+            continue  # a tensor's shape or size carries none of its rows' values
         live.update(o for o in node.output if o)
         why = _couples_batch(node, opset, dims, constants)
         if why:
@@ -305,3 +310,39 @@ def _scatter_elements_add(onnx, node, k: int):
     summed = b.op("ScatterElements", [table, where, upd], axis=0, reduction="add")
     b.op("Reshape", [summed, shape], node.output[0])
     return b.nodes, b.inits
+
+
+def pin_loop_state_shapes(onnx, model, shapes: dict) -> list[str]:
+    """Declare, in place, the shapes of the loop-carried inputs of every top-level ``Loop`` body from
+    ``shapes`` (``{name: dims}``, as one run gave them), where the body leaves them unknown.
+
+    Exporters (tf2onnx's Keras RNNs) declare a body's state without its batch dimension, so shape
+    inference cannot size anything inside the body and onnx-ad cannot differentiate a ``Slice``
+    there. A state is pinned only where its initial value and the loop's final value had the same
+    shape in the run (a state whose shape changes between iterations stays as it is). Returns the
+    names of the Loop nodes changed.
+    """
+    changed = []
+    for node in model.graph.node:
+        if node.op_type != "Loop":
+            continue
+        body = next((a.g for a in node.attribute if a.name == "body"), None)
+        n_state = len(node.input) - 2
+        if body is None or n_state <= 0 or len(body.input) < 2 + n_state:
+            continue
+        pinned = False
+        for j in range(n_state):
+            initial, final = node.input[2 + j], node.output[j] if j < len(node.output) else ""
+            dims = shapes.get(initial)
+            if dims is None or shapes.get(final) != dims:
+                continue
+            value = body.input[2 + j]
+            declared = value.type.tensor_type
+            if declared.HasField("shape") and all(d.HasField("dim_value") for d in declared.shape.dim):
+                continue
+            elem = declared.elem_type or onnx.TensorProto.FLOAT
+            value.CopyFrom(onnx.helper.make_tensor_value_info(value.name, elem, list(dims)))
+            pinned = True
+        if pinned:
+            changed.append(node.name or node.op_type)
+    return changed

@@ -33,7 +33,7 @@ from .._backend import Backend, _check_shape
 from .._softmax import fisher_weights, log_softmax, softmax_seeds
 from .._validation import check_int, check_method, shape_str
 from ._onnx_graph import (batch_coupled_nodes, describe, final_softmax, inferred_dims, opset_of,
-                          race_free_scatters, upgraded)
+                          pin_loop_state_shapes, race_free_scatters, upgraded)
 from ._onnx_ml import rewrite_ml_operators, scores_output, with_only_output
 
 __all__ = ["OnnxBackend"]
@@ -511,10 +511,13 @@ class OnnxBackend(Backend):
         out = onnx.ModelProto()
         out.CopyFrom(base)
         del out.graph.value_info[:]
+        shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in graph.input}
         for name, value in zip(names, values):
             value = np.asarray(value)
             elem = onnx.helper.np_dtype_to_tensor_dtype(value.dtype)
             out.graph.value_info.append(onnx.helper.make_tensor_value_info(name, elem, list(value.shape)))
+            shapes[name] = list(value.shape)
+        pin_loop_state_shapes(onnx, out, shapes)
         return out
 
     def _run(self, mode: str, x: np.ndarray, seeds: np.ndarray,

@@ -27,6 +27,7 @@ SCRIPTS = {
     "fig4": "fig4_eigenvalue_distribution",
     "table4": "table4_detection",
     "table5": "table5_generalisation",
+    "budgets": "budget_rules",
     "adaptive": "adaptive",
 }
 #: beyond the paper and slow: run only when named, not by "all"

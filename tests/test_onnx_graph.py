@@ -220,6 +220,21 @@ def test_independent_rows_keep_the_batch_size(tail, recwarn):
     assert not [w for w in recwarn if "mixes the inputs" in str(w.message)]
 
 
+def test_shape_arithmetic_mixes_no_rows(recwarn):
+    """tf2onnx sizes a Reshape with ReduceProd over a Shape (all axes): a shape, not the rows' values."""
+    W, b = weights()
+    tail = [("Shape", ["z"], ["s"], {}), ("ReduceProd", ["s"], ["total"], dict(keepdims=1)),
+            ("Div", ["total", "n_classes"], ["rows"], {}), ("Concat", ["rows", "n_classes"], ["target"], dict(axis=0)),
+            ("Reshape", ["z", "target"], ["y"], {})]
+    extra = [numpy_helper.from_array(np.array([C], np.int64), "n_classes")]
+    be = OnnxBackend(model(tail, W=W, b=b, extra=extra), batch_size=16)
+    x = np.random.default_rng(2).standard_normal((5, D))
+    ref = one_input_fd_gradients(model(tail, W=W, b=b, dtype=np.float64, extra=extra), x)
+    np.testing.assert_allclose(be.class_gradients(x)[1], ref, rtol=0, atol=1e-4 * np.abs(ref).max())
+    assert be.batch_coupling_ is None and be.batch_size == 16
+    assert not [w for w in recwarn if "mixes the inputs" in str(w.message)]
+
+
 # --------------------------------------------------------------------- the audit command on both
 def audit_lambda(tmp_path, proto, x, name, *extra):
     """``fisher-ref audit`` of ``proto`` on ``x``: its lambda_1 .. lambda_k columns (k = C - 1)."""

@@ -177,6 +177,7 @@ EXPECTED = {
              "fig4_eigenvalue_distribution.png"],
     "table4": ["table4_detection.md", "table4_detection.csv", "table4_roc.png"],
     "table5": ["table5_generalisation.md", "table5_generalisation.csv"],
+    "budgets": ["budget_rules.md", "budget_rules.csv"],
 }
 
 
@@ -197,7 +198,7 @@ def test_quick_run_writes_every_table_and_figure(quick_run):
 
     tmp, r = quick_run
     out = tmp / "out"
-    assert "8 of 8 done" in r.stdout
+    assert f"{len(EXPECTED)} of {len(EXPECTED)} done" in r.stdout  # "all" runs every script but adaptive
     for script, files in EXPECTED.items():
         summary = json.loads((out / f"{script}.json").read_text())
         assert summary["quick"] is True and summary["script"] == script
@@ -245,6 +246,10 @@ def test_quick_run_values_are_sane(quick_run):
     for ds in ("mnist", "cifar"):
         vals = [v for row in t4[ds]["auc"].values() for v in row.values() if v is not None and np.isfinite(v)]
         assert vals and all(0.0 <= v <= 1.0 for v in vals)
+    budgets = json.loads((out / "budgets.json").read_text())["rows"]
+    assert {r[1] for r in budgets} == {"FGM p90", "fixed", "1.1 x least"}
+    # 1.1 x each input's own least FGM perturbation: FGM fools (nearly) every input it can fool at all
+    assert all(r[6] >= 0.8 for r in budgets if r[1] == "1.1 x least" and r[4] == "fgm")
     f3 = json.loads((out / "fig3.json").read_text())
     assert all(-1.0 <= f3[ds]["spearman_rho"] <= 1.0 for ds in ("mnist", "cifar"))
 
