@@ -639,6 +639,18 @@ class OnnxBackend(Backend):
 
 
 # ---------------------------------------------------------------------- graph helpers
+def _unknown_operator_hint(exc: Exception) -> str:
+    """What to do when the checker found an operator ONNX does not define (an exporter left it)."""
+    import re
+
+    found = re.search(r"No Op registered for (\w+)", str(exc))
+    if not found:
+        return ""
+    return (f"; {found.group(1)} is no ONNX operator: the exporter left it unconverted (tf2onnx says "
+            "'Unsupported ops'); convert it there, e.g. tf2onnx's custom_op_handlers (for Erfc, "
+            "fisher_ref.validation.zoo_keras.CUSTOM_OPS writes 1 - Erf(x))")
+
+
 def _load(onnx, model):
     """``(ModelProto, description)`` from a path or a ModelProto, checked."""
     if isinstance(model, onnx.ModelProto):
@@ -662,7 +674,7 @@ def _load(onnx, model):
     except Exception as exc:
         what = repr(path) if path is not None else "the ModelProto"
         raise ValueError(f"model: {what} is not a valid ONNX model or is corrupt "
-                         f"({type(exc).__name__}: {exc})") from exc
+                         f"({type(exc).__name__}: {' '.join(str(exc).split())}){_unknown_operator_hint(exc)}") from exc
     if not proto.graph.node:
         raise ValueError("model: the ONNX graph has no nodes")
     return proto, source

@@ -355,6 +355,20 @@ def test_truncated_onnx_file(tmp_path, convnet_protos):
         OnnxBackend(path)
 
 
+def test_an_operator_the_exporter_left_unconverted_is_named_with_the_fix():
+    """tf2onnx leaves TensorFlow's Erfc (Keras' exact GELU) as a node ONNX does not define."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Erfc", ["x"], ["y"], name="gelu/Erfc")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(ValueError, match=r"not a valid ONNX model .*Erfc is no ONNX operator: the exporter left it "
+                                         r"unconverted .*custom_op_handlers") as info:
+        OnnxBackend(proto)
+    assert "\n" not in str(info.value)
+
+
 def test_model_of_the_wrong_type():
     with pytest.raises(TypeError, match="model must be a path .* or an onnx.ModelProto, got int"):
         OnnxBackend(42)
