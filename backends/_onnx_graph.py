@@ -346,3 +346,54 @@ def pin_loop_state_shapes(onnx, model, shapes: dict) -> list[str]:
         if pinned:
             changed.append(node.name or node.op_type)
     return changed
+
+
+# ------------------------------------------------------------------------- asymmetric Conv padding
+def explicit_asymmetric_conv_pads(onnx, model):
+    """``(model, names)``: a copy in which every top-level ``Conv`` whose ``pads`` differ between the
+    start and the end of an axis (TensorFlow's "same" padding at stride 2, as tf2onnx writes it:
+    ``pads=[0, 0, 1, 1]``) reads its input through an explicit zero ``Pad`` and pads nothing itself;
+    ``names`` lists the nodes changed (the model itself when there are none).
+
+    The same function, differentiated differently: onnx-ad's reverse of a Conv is a ConvTranspose
+    given the input's ``output_shape``, and ONNX then places the padding by its own rule (the larger
+    half first), not where the Conv had it, so the input gradient of a Conv padded ``(0, 1)`` came out
+    shifted (errors of the order of the gradient itself). A Conv without padding, or with the same
+    padding at both ends, has the ConvTranspose it needs; the Pad's reverse is a Slice.
+    """
+    targets = [n for n in model.graph.node if n.op_type == "Conv" and _asymmetric(attribute(n, "pads"))]
+    if not targets:
+        return model, []
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    nodes, inits, names = [], [], []
+    for node in out.graph.node:
+        pads = attribute(node, "pads") if node.op_type == "Conv" else None
+        if not _asymmetric(pads) or attribute(node, "auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
+            nodes.append(node)
+            continue
+        b = NodeBuilder(onnx, node)
+        half = len(pads) // 2
+        full = [0, 0, *pads[:half], 0, 0, *pads[half:]]  # no padding of the batch and channel axes
+        padded = b.op("Pad", [node.input[0], b.const(full, "pads")], mode="constant")
+        conv = onnx.NodeProto()
+        conv.CopyFrom(node)
+        conv.input[0] = padded
+        for a in conv.attribute:
+            if a.name == "pads":
+                del a.ints[:]
+                a.ints.extend([0] * len(pads))
+        nodes += b.nodes + [conv]
+        inits += b.inits
+        names.append(f"Conv {node.name or node.output[0]!r}")
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    out.graph.initializer.extend(inits)
+    return out, names
+
+
+def _asymmetric(pads) -> bool:
+    if not pads:
+        return False
+    half = len(pads) // 2
+    return list(pads[:half]) != list(pads[half:])

@@ -32,8 +32,8 @@ import numpy as np
 from .._backend import Backend, _check_shape
 from .._softmax import fisher_weights, log_softmax, softmax_seeds
 from .._validation import check_int, check_method, shape_str
-from ._onnx_graph import (batch_coupled_nodes, describe, final_softmax, inferred_dims, opset_of,
-                          pin_loop_state_shapes, race_free_scatters, upgraded)
+from ._onnx_graph import (batch_coupled_nodes, describe, explicit_asymmetric_conv_pads, final_softmax,
+                          inferred_dims, opset_of, pin_loop_state_shapes, race_free_scatters, upgraded)
 from ._onnx_ml import rewrite_ml_operators, scores_output, with_only_output
 
 __all__ = ["OnnxBackend"]
@@ -243,6 +243,9 @@ class OnnxBackend(Backend):
         if newer is not None:
             self.rewritten_.append(f"opset {opset_of(self._work)} -> {opset_of(newer)} (onnx.version_converter)")
             self._work = newer
+        self._work, padded = explicit_asymmetric_conv_pads(onnx, self._work)
+        if padded:
+            self.rewritten_.append(f"asymmetric Conv pads as Pad nodes ({describe(padded)})")
         self._opset = opset_of(self._work)
         self._dims = inferred_dims(onnx, _with_input_dims(onnx, self._work, self.input_name,
                                                           [self._fixed_batch or 2, *shape]))

@@ -60,7 +60,7 @@ def _small(keras) -> dict:
     def cnn(head):
         return keras.Sequential([keras.Input((16, 16, 3)), L.Conv2D(8, 3, padding="same"), L.BatchNormalization(),
                                  L.ReLU(), L.DepthwiseConv2D(3, padding="same"), L.Activation("swish"),
-                                 L.MaxPooling2D(), L.Conv2D(12, 3, padding="same", activation="relu"),
+                                 L.MaxPooling2D(), L.Conv2D(12, 3, strides=2, padding="same", activation="relu"),
                                  L.GlobalAveragePooling2D(), L.Dense(5, activation=head)])
 
     def lstm(head):
@@ -77,7 +77,7 @@ def _small(keras) -> dict:
         return keras.Model(x, L.Dense(5, activation=head)(L.GlobalAveragePooling1D()(h)))
 
     return {
-        "Keras CNN (BatchNorm, depthwise, swish)": ("CNN", cnn, (16, 16, 3)),
+        "Keras CNN (BatchNorm, depthwise, swish, stride-2 same)": ("CNN", cnn, (16, 16, 3)),
         "Keras LSTM classifier": ("LSTM", lstm, (6, 4)),
         "Keras GRU classifier": ("GRU", gru, (6, 4)),
         "Keras transformer block (MHA, LayerNorm, GELU)": ("ViT/DeiT", attention, (6, 8)),
@@ -89,17 +89,31 @@ def _set_precision(keras, dtype: str) -> None:
     keras.config.set_dtype_policy(dtype)
 
 
+def _calibrate_batch_norm(keras, model, seed: int, n: int = 32) -> None:
+    """Set every BatchNormalization's moving statistics to those of one training-mode pass on ``n``
+    seeded random inputs (momentum 0 for that pass), as a trained network's would be. Keras' own
+    (0, 1) statistics leave a random-weight MobileNet's activations unnormalised, its ReLU6 layers
+    saturated and its output the same for every input (gradients of 1e-12: nothing to compare)."""
+    layers = [m for m in model._flatten_layers() if isinstance(m, keras.layers.BatchNormalization)]
+    if not layers:
+        return
+    saved = [m.momentum for m in layers]
+    shape = tuple(model.input_shape[1:])
+    try:
+        for m in layers:
+            m.momentum = 0.0
+        model(np.random.default_rng(seed + 1).random((n, *shape)).astype(np.float32), training=True)
+    finally:
+        for m, mom in zip(layers, saved):
+            m.momentum = mom
+
+
 def _twins(tf, keras, builder, seed: int = 0):
     """``(float32 model with a softmax head, float64 model with a logit head)``, the same weights."""
     keras.utils.set_random_seed(seed)
     _set_precision(keras, "float32")
     m32 = builder("softmax")
-    rng = np.random.default_rng(seed + 1)
-    for layer in m32.layers:  # BatchNorm statistics away from (0, 1), as the torch zoo
-        if isinstance(layer, keras.layers.BatchNormalization):
-            n = layer.moving_mean.shape[0]
-            layer.moving_mean.assign(0.1 * rng.standard_normal(n).astype(np.float32))
-            layer.moving_variance.assign((0.5 + rng.random(n)).astype(np.float32))
+    _calibrate_batch_norm(keras, m32, seed)
     _set_precision(keras, "float64")
     try:
         m64 = builder(None)
