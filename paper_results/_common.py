@@ -208,6 +208,43 @@ def model_tag(key: str) -> str:
     return f"{key}:{file_sha256(REPO / MODELS[key].weights)[:16]}"
 
 
+@dataclass
+class DetectionData:
+    """What the detection scripts start from: the model, random test inputs it classifies correctly,
+    clean training inputs for the KD detector, and FGM's least l2 perturbation of each test input."""
+    backend: Any
+    spec: ModelSpec
+    net: Any
+    X: np.ndarray           # the correctly classified test inputs
+    Y: np.ndarray
+    X_train: np.ndarray
+    y_train: np.ndarray
+    least_fgm: np.ndarray   # inf where FGM does not fool within [0, 6]
+    rng: np.random.Generator  # after drawing the inputs: the script's further draws
+
+    @property
+    def fgm_p90(self) -> float:
+        """Table 4's budget rule: the 90th percentile of FGM's least perturbation."""
+        return float(np.percentile(self.least_fgm[np.isfinite(self.least_fgm)], 90))
+
+
+def detection_data(run: "Run", ds: str, n: int, n_train: int) -> DetectionData:
+    """``n`` random test inputs of ``ds`` (those the model classifies correctly) and ``n_train`` random
+    training inputs, drawn from a generator seeded by ``--seed`` in that order."""
+    import fisher_ref as fr
+
+    backend, spec, net = load_model(run.model_key(ds))
+    rng = np.random.default_rng(run.args.seed)
+    x, y = load_dataset(ds, "test", run.args.data_dir)
+    xtr, ytr = load_dataset(ds, "train", run.args.data_dir)
+    idx = random_subset(len(x), n, rng)
+    tr = random_subset(len(xtr), n_train, rng)
+    ok = predictions(backend, x[idx]) == y[idx]
+    X, Y = x[idx][ok], y[idx][ok]
+    lp = fr.least_perturbation(X, backend, "fgm", labels=Y, lo=0.0, hi=6.0, tol=1e-3)
+    return DetectionData(backend, spec, net, X, Y, xtr[tr], ytr[tr], lp, rng)
+
+
 def predictions(backend, x: np.ndarray, batch: int = 500) -> np.ndarray:
     return np.concatenate([backend.probabilities(x[i:i + batch]).argmax(1) for i in range(0, len(x), batch)])
 

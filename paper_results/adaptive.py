@@ -254,27 +254,19 @@ def prepare(run: C.Run, ds: str):
     import fisher_ref as fr
     from paper_results.table4_detection import detectors
 
-    backend, spec, net = C.load_model(run.model_key(ds))
-    rng = np.random.default_rng(run.args.seed)
-    x, y = C.load_dataset(ds, "test", run.args.data_dir)
-    xtr, ytr = C.load_dataset(ds, "train", run.args.data_dir)
-    idx = C.random_subset(len(x), SIZES.get(run, ds), rng)
-    tr = C.random_subset(len(xtr), SIZES.get(run, "train"), rng)
-    ok = C.predictions(backend, x[idx]) == y[idx]
-    X, Y = x[idx][ok], y[idx][ok]
-    lp = fr.least_perturbation(X, backend, "fgm", labels=Y, lo=0.0, hi=6.0, tol=1e-3)
-    eps = float(np.percentile(lp[np.isfinite(lp)], 90))
+    D = C.detection_data(run, ds, SIZES.get(run, ds), SIZES.get(run, "train"))
+    X, Y, rng, eps = D.X, D.Y, D.rng, D.fgm_p90
     is_test = np.zeros(len(X), dtype=bool)
     is_test[rng.permutation(len(X))[:round(0.3 * len(X))]] = True
-    base = fr.bim(X[~is_test], backend, epsilon=eps, step_size=eps / 5, n_steps=10, labels=Y[~is_test],
+    base = fr.bim(X[~is_test], D.backend, epsilon=eps, step_size=eps / 5, n_steps=10, labels=Y[~is_test],
                   bounds=(0.0, 1.0), early_stop=True)
     okb = np.asarray(base.success, dtype=bool)
     S, lab = detection_set(X[~is_test], np.asarray(base.x_adv, dtype=X.dtype), okb, rng)
-    dets = detectors(backend, spec, xtr[tr], ytr[tr], run.args.seed)
+    dets = detectors(D.backend, D.spec, D.X_train, D.y_train, run.args.seed)
     fitted = {}
     for name in run.progress(DETECTORS, desc=f"{ds}: fitting the detectors on stopped BIM"):
         fitted[name] = dets[name].fit(S, lab)
-    return dict(backend=backend, spec=spec, net=net, X=X, Y=Y, eps=eps, is_test=is_test, detectors=fitted,
+    return dict(backend=D.backend, spec=D.spec, net=D.net, X=X, Y=Y, eps=eps, is_test=is_test, detectors=fitted,
                 rng=rng, base_success=float(okb.mean()))
 
 

@@ -68,27 +68,20 @@ def attacks_for(rule: str, lp: np.ndarray) -> tuple[dict, dict]:
 
 
 def evaluate(run: C.Run, ds: str) -> list[list]:
-    import fisher_ref as fr
     from fisher_ref.detection import evaluate_detection
     from paper_results.table4_detection import detectors
 
-    backend, spec, _ = C.load_model(run.model_key(ds))
-    rng = np.random.default_rng(run.args.seed)
-    x, y = C.load_dataset(ds, "test", run.args.data_dir)
-    xtr, ytr = C.load_dataset(ds, "train", run.args.data_dir)
-    idx = C.random_subset(len(x), SIZES.get(run, ds), rng)
-    tr = C.random_subset(len(xtr), SIZES.get(run, "train"), rng)
-    ok = C.predictions(backend, x[idx]) == y[idx]
-    X, Y = x[idx][ok], y[idx][ok]
-    lp = fr.least_perturbation(X, backend, "fgm", labels=Y, lo=0.0, hi=HI, tol=1e-3)
-    p90 = float(np.percentile(lp[np.isfinite(lp)], 90))
-    dets = {k: v for k, v in detectors(backend, spec, xtr[tr], ytr[tr], run.args.seed).items() if k in DETECTORS}
+    D = C.detection_data(run, ds, SIZES.get(run, ds), SIZES.get(run, "train"))
+    backend, X, Y, lp, p90 = D.backend, D.X, D.Y, D.least_fgm, D.fgm_p90
+    dets = {k: v for k, v in detectors(backend, D.spec, D.X_train, D.y_train, run.args.seed).items()
+            if k in DETECTORS}
     rows = []
     for rule in run.progress(RULES, desc=f"{ds}: budget rules"):
         attacks, nominal = attacks_for(rule, lp)
         eps = {"FGM p90": p90, "fixed": FIXED[ds]}.get(rule, nominal)
         rep = evaluate_detection(X, backend, Y, detectors=dets, attacks=attacks, epsilon={a: eps for a in ATTACKS},
-                                 attack_options={"bim_stop": {"early_stop": True}}, random_state=run.args.seed, progress=False)
+                                 attack_options={"bim_stop": {"early_stop": True}}, random_state=run.args.seed,
+                                 progress=False)
         for det in DETECTORS:
             for a in ATTACKS:
                 rows.append([ds, rule, eps, det, a, float(rep.auc[det, a]), rep.fooling_rate[a]])

@@ -428,17 +428,28 @@ def main(argv=None) -> int:
                             folder=Path(tmp))
                 rows.append(row)
                 print(f"[{i}/{len(models)}] {name} ({exporter}, opset {opset or 'default'}, batch "
-                      f"{batch or 'dynamic'}): {row.status}"
-                      + (f" - {row.error}" if row.error else
-                         f", gradients {row.gradient_error:.1e}, eigenvalues {row.eigenvalue_error:.1e}, "
-                         f"|cos| {row.min_cos:.6f}"), flush=True)
-    if args.out:
-        Path(args.out).write_text(json.dumps([asdict(r) for r in rows], indent=1) + "\n")
-    if args.markdown:
-        Path(args.markdown).write_text(markdown(rows))
+                      f"{batch or 'dynamic'}): {outcome(row)}", flush=True)
+    return finish("zoo", rows, args.out, args.markdown)
+
+
+def outcome(row: Row) -> str:
+    """One line: the status and the error, or the agreement figures."""
+    if row.error:
+        return f"{row.status} - {row.error}"
+    f64 = "" if row.onnx_float64_error is None else f" (float64 {row.onnx_float64_error:.1e})"
+    return (f"{row.status}, gradients {row.gradient_error:.1e}{f64}, eigenvalues {row.eigenvalue_error:.1e}, "
+            f"|cos| {row.min_cos:.6f}")
+
+
+def finish(prog: str, rows: list[Row], out: str | None, md: str | None) -> int:
+    """Write the rows (JSON, Markdown) where asked, print the count; exit status 1 when one disagrees."""
+    if out:
+        Path(out).write_text(json.dumps([asdict(r) for r in rows], indent=1) + "\n")
+    if md:
+        Path(md).write_text(markdown(rows))
     bad = [r for r in rows if r.status == "disagrees"]
     ok = sum(r.status == "ok" for r in rows)
-    print(f"zoo: {ok} of {len(rows)} agree; {len(bad)} disagree; {len(rows) - ok - len(bad)} could not be run")
+    print(f"{prog}: {ok} of {len(rows)} agree; {len(bad)} disagree; {len(rows) - ok - len(bad)} could not be run")
     return 1 if bad else 0
 
 

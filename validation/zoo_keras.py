@@ -24,12 +24,11 @@ import json
 import sys
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from .zoo import K, Row, _compare, _one_line, markdown
+from .zoo import K, Row, _compare, _one_line, finish, outcome
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -271,18 +270,8 @@ def main(argv=None) -> int:
             for opset in args.opsets:
                 row = check(name, family, builder, shape, opset=opset, audit=args.audit, folder=Path(tmp))
                 rows.append(row)
-                print(f"[{i}/{len(models)}] {name} (opset {opset or 'default'}): {row.status}"
-                      + (f" - {row.error}" if row.error else
-                         f", gradients {row.gradient_error:.1e} (float64 {row.onnx_float64_error:.1e}), "
-                         f"eigenvalues {row.eigenvalue_error:.1e}, |cos| {row.min_cos:.6f}"), flush=True)
-    if args.out:
-        Path(args.out).write_text(json.dumps([asdict(r) for r in rows], indent=1) + "\n")
-    if args.markdown:
-        Path(args.markdown).write_text(markdown(rows))
-    bad = [r for r in rows if r.status == "disagrees"]
-    ok = sum(r.status == "ok" for r in rows)
-    print(f"zoo_keras: {ok} of {len(rows)} agree; {len(bad)} disagree; {len(rows) - ok - len(bad)} could not be run")
-    return 1 if bad else 0
+                print(f"[{i}/{len(models)}] {name} (opset {opset or 'default'}): {outcome(row)}", flush=True)
+    return finish("zoo_keras", rows, args.out, args.markdown)
 
 
 if __name__ == "__main__":
