@@ -304,7 +304,7 @@ def check(name: str, family: str, builder: Callable, input_shape: tuple, exporte
     import torch
 
     import fisher_ref as fr
-    from fisher_ref.backends import OnnxBackend, TorchBackend, export_onnx
+    from fisher_ref.backends import TorchBackend, export_onnx
 
     net = _seeded(builder)
     tb = TorchBackend(net, input_shape=input_shape, output=TORCH_OUTPUT.get(name, "logits"))
@@ -313,22 +313,33 @@ def check(name: str, family: str, builder: Callable, input_shape: tuple, exporte
     row = Row(name, family, exporter, tuple(input_shape), int(tb.probabilities(x[:1]).shape[1]), opset, batch)
     folder = Path(folder or tempfile.mkdtemp(prefix="fisher_ref_zoo_"))
     path = folder / f"{abs(hash((name, exporter, opset, batch))):x}.onnx"
-    try:
-        export_onnx(net, input_shape, path, exporter=exporter, opset=opset, batch=batch)
-    except Exception as exc:  # noqa: BLE001 - the row records any failure
-        row.status, row.error = "export failed", _one_line(exc)
+    ob = exported_backend(row, lambda: export_onnx(net, input_shape, path, exporter=exporter, opset=opset,
+                                                   batch=batch), path)
+    if ob is None:
         return row
-    try:
-        ob = OnnxBackend(path)
-    except Exception as exc:  # noqa: BLE001
-        row.status, row.error = "backend failed", _one_line(exc)
-        return row
-    if ob.rewritten_:
-        row.notes.append("rewritten: " + ", ".join(ob.rewritten_))
     _compare(row, tb, ob, x, fr, t64)
     if audit and row.status == "ok":
         _audit(row, path, x, folder)
     return row
+
+
+def exported_backend(row: Row, export: Callable[[], object], path: Path):
+    """``export()`` writes ``path``; its OnnxBackend, or None with the failure recorded in ``row``."""
+    from fisher_ref.backends import OnnxBackend
+
+    try:
+        export()
+    except Exception as exc:  # noqa: BLE001 - the row records any failure
+        row.status, row.error = "export failed", _one_line(exc)
+        return None
+    try:
+        ob = OnnxBackend(path)
+    except Exception as exc:  # noqa: BLE001
+        row.status, row.error = "backend failed", _one_line(exc)
+        return None
+    if ob.rewritten_:
+        row.notes.append("rewritten: " + ", ".join(ob.rewritten_))
+    return ob
 
 
 def _compare(row: Row, tb, ob, x: np.ndarray, fr, t64=None) -> None:

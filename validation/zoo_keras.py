@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .zoo import K, Row, _compare, _one_line, finish, outcome
+from .zoo import K, Row, _compare, _one_line, exported_backend, finish, outcome
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -175,7 +175,6 @@ def check(name: str, family: str, builder, input_shape: tuple, *, opset: int | N
     from tensorflow import keras
 
     import fisher_ref as fr
-    from fisher_ref.backends import OnnxBackend
 
     m32, m64 = _twins(tf, keras, builder)
     x = np.random.default_rng(0).random((n, *input_shape), dtype=np.float32)
@@ -183,19 +182,10 @@ def check(name: str, family: str, builder, input_shape: tuple, *, opset: int | N
     t64 = fr.as_backend(TFGradients(tf, m64, tf.float64, logits=True), input_shape=input_shape)
     row = Row(name, family, f"tf2onnx {tf2onnx.__version__}", tuple(input_shape), int(m32.output_shape[-1]), opset)
     path = folder / f"{abs(hash((name, opset))):x}.onnx"
-    try:
-        export(tf, tf2onnx, m32, input_shape, path, opset)
-    except Exception as exc:  # noqa: BLE001 - the row records any failure
-        row.status, row.error = "export failed", _one_line(exc)
-        return row
-    try:
-        ob = OnnxBackend(path)
-    except Exception as exc:  # noqa: BLE001
-        row.status, row.error = "backend failed", _one_line(exc)
+    ob = exported_backend(row, lambda: export(tf, tf2onnx, m32, input_shape, path, opset), path)
+    if ob is None:
         return row
     row.notes.append(f"output {ob.output_kind_}")
-    if ob.rewritten_:
-        row.notes.append("rewritten: " + ", ".join(ob.rewritten_))
     _compare(row, tb, ob, x, fr, t64)
     if audit and row.status == "ok" and len(input_shape) == 3:
         _audit_nchw(row, path, x, folder)
