@@ -21,7 +21,7 @@ import numpy as np
 
 from paper_results import _common as C
 
-SIZES = C.Sizes(full={"mnist": 1000, "cifar": 500, "train": 5000}, quick={"mnist": 40, "cifar": 30, "train": 200})
+SIZES = C.Sizes(full={"mnist": 1000, "cifar": 500, "train": 5000}, quick={"mnist": 40, "cifar": 48, "train": 200})
 ATTACKS = ("fgm", "ossa", "bim", "bim_stop")
 DETECTORS = ("Ours", "KD+BU", "LID")
 RULES = ("FGM p90", "fixed", "1.1 x least")
