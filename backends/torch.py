@@ -600,9 +600,10 @@ class TorchBackend(Backend):
         ``x`` fit in the memory budget, that part runs once here and each call runs only the rest.
         """
         slices = self._batch_slices(x.shape[0], nb)
+        whole = [lambda sl=sl: self._scores(self._to_tensor(x[sl])) for sl in slices]
         parts = self._dropout_parts()
         if parts is None:
-            return [lambda sl=sl: self._scores(self._to_tensor(x[sl])) for sl in slices]
+            return whole
         det, sto = parts
         cached, size = [], 0
         with self._torch.inference_mode():
@@ -610,7 +611,7 @@ class TorchBackend(Backend):
                 cached.append(det(self._to_tensor(x[sl])))
                 size += sum(t.numel() * t.element_size() for t in cached[-1] if isinstance(t, self._torch.Tensor))
                 if size > _MEMORY_BUDGET:
-                    return [lambda sl=sl: self._scores(self._to_tensor(x[sl])) for sl in slices]
+                    return whole
         return [lambda f=f, sl=sl: self._scores_of(sto(*f), sl.stop - sl.start) for f, sl in zip(cached, slices)]
 
     def _stochastic_probabilities(self, x: np.ndarray, n_samples: int, rng: np.random.Generator) -> np.ndarray:

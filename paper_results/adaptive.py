@@ -122,8 +122,8 @@ def _decision(torch, pipeline, F):
 class Penalty:
     """``penalty(x) -> (n,)`` for one fitted detector, and its reference level on clean inputs."""
 
-    def __init__(self, torch, net, name: str, detector, spec, X_clean: np.ndarray):
-        self.torch, self.net, self.name, self.det, self.spec = torch, net, name, detector, spec
+    def __init__(self, torch, net, name: str, detector, X_clean: np.ndarray):
+        self.torch, self.net, self.name, self.det = torch, net, name, detector
         self.level = None
         with torch.enable_grad():
             vals = [self.raw(torch.as_tensor(X_clean[i:i + ATTACK_BATCH])).detach()
@@ -142,7 +142,8 @@ class Penalty:
     def _kdbu(self, x):
         torch = self.torch
         union = self.det.features_
-        kd, h = union.transformer_list[0][1], float(union.transformer_list[0][1].bandwidth)
+        kd = union.transformer_list[0][1]
+        h = float(kd.bandwidth)
         z, acts = _activations(torch, self.net, [kd.layer_], x)
         pred = z.argmax(1)
         score = torch.empty(x.shape[0], dtype=torch.float64)
@@ -267,7 +268,7 @@ def prepare(run: C.Run, ds: str):
     for name in run.progress(DETECTORS, desc=f"{ds}: fitting the detectors on stopped BIM"):
         fitted[name] = dets[name].fit(S, lab)
     return dict(backend=D.backend, spec=D.spec, net=D.net, X=X, Y=Y, eps=eps, is_test=is_test, detectors=fitted,
-                rng=rng, base_success=float(okb.mean()))
+                rng=rng)
 
 
 def evaluate(run: C.Run, ds: str, steps: int) -> list[dict]:
@@ -287,7 +288,7 @@ def evaluate(run: C.Run, ds: str, steps: int) -> list[dict]:
     rows = []
     for name in run.progress(DETECTORS, desc=f"{ds}: attacks on the detectors"):
         det = P["detectors"][name]
-        pen = Penalty(torch, net, name, det, P["spec"], X[~te])
+        pen = Penalty(torch, net, name, det, X[~te])
         for attacker, penalty in (("PGD, stopped at success", None), ("adaptive PGD", pen)):
             adv, ok = attack_in_batches(torch, net, X[te], Y[te], eps, steps, penalty)
             rows.append(dict(dataset=ds, detector=name, attacker=attacker, trained_on="BIM, stopped",

@@ -342,7 +342,8 @@ def exported_backend(row: Row, export: Callable[[], object], path: Path):
     return ob
 
 
-def _compare(row: Row, tb, ob, x: np.ndarray, fr, t64=None) -> None:
+def _compare(row: Row, tb, ob, x: np.ndarray, fr, t64=None) -> np.ndarray:
+    """Fill ``row``'s agreement figures of ``ob`` against ``tb``; returns ``tb``'s class gradients."""
     _, gt = tb.class_gradients(x)
     _, go = ob.class_gradients(x)
     row.gradient_error = float(np.abs(go - gt).max() / max(np.abs(gt).max(), 1e-300))
@@ -365,6 +366,7 @@ def _compare(row: Row, tb, ob, x: np.ndarray, fr, t64=None) -> None:
     if row.gradient_error > TOL_GRADIENTS or row.eigenvalue_error > TOL_EIGENVALUES or row.min_cos < COS_MIN:
         ill = row.torch_float32_error is not None and row.torch_float32_error > TOL_GRADIENTS
         row.status = "float32 ill-conditioned" if ill else "disagrees"
+    return gt
 
 
 def _audit(row: Row, path: Path, x: np.ndarray, folder: Path) -> None:

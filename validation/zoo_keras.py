@@ -196,10 +196,9 @@ def compare_with_float64(row: Row, tb32, tb64, ob, x: np.ndarray, fr) -> None:
     """The zoo's comparison with TensorFlow float64 as the reference (the exact model: a float32
     TensorFlow is itself up to 5% off on a random ResNet50), and TensorFlow float32's own distance from
     it beside, to tell a float32-ill-conditioned model from a disagreement."""
-    _compare(row, tb64, ob, x, fr)
+    g64 = _compare(row, tb64, ob, x, fr)
     row.onnx_float64_error = row.gradient_error
     _, g32 = tb32.class_gradients(x)
-    _, g64 = tb64.class_gradients(x)
     row.torch_float32_error = float(np.abs(g32 - g64).max() / max(np.abs(g64).max(), 1e-300))
     if row.status == "disagrees" and row.torch_float32_error > TOL_GRADIENTS:
         row.status = "float32 ill-conditioned"
