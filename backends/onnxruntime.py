@@ -219,8 +219,8 @@ class OnnxBackend(Backend):
         self.model, self._source = _load(onnx, model)
         self._providers = _check_providers(ort, providers)
 
-        graph = self.model.graph
-        self.input_name, dims, elem = _select_input(graph, input_name)
+        served = self._scores_model(output_name)
+        self.input_name, dims, elem = _select_input(served.graph, input_name, self.model.graph, self.output_name)
         if elem not in _DTYPES:
             raise ValueError(f"model input {self.input_name!r} has element type {_type_name(onnx, elem)}; "
                              "OnnxBackend differentiates a float32 or float64 input")
@@ -229,7 +229,6 @@ class OnnxBackend(Backend):
         super().__init__(shape)
         self._fixed_batch = batch
         self.batch_size = int(batch if batch is not None else batch_size)
-        served = self._scores_model(output_name)
         self.output = output
 
         # the classifier itself (its one output the class scores), for probabilities and the probe batch
@@ -725,19 +724,33 @@ def _type_name(onnx, elem: int) -> str:
         return str(elem)
 
 
-def _select_input(graph, input_name):
+def _graph_inputs(graph) -> list[str]:
+    """The graph inputs that must be fed (those without an initializer to default to)."""
     constants = {t.name for t in graph.initializer}
-    real = [v.name for v in graph.input if v.name not in constants]
+    return [v.name for v in graph.input if v.name not in constants]
+
+
+def _select_input(graph, input_name, original, output_name: str):
+    """``(name, dims, element type)`` of the input to differentiate, among the inputs of ``graph``
+    (the model pruned to its class scores ``output_name``): graph inputs of the ``original`` model
+    that the scores do not read (tf2onnx leaves folded constants as such inputs) are not fed."""
+    real, declared = _graph_inputs(graph), _graph_inputs(original)
+    unread = [n for n in declared if n not in real]
     by_name = {v.name: v for v in graph.input}
+    if isinstance(input_name, str) and input_name in unread:
+        raise ValueError(f"input_name {input_name!r}: the class scores {output_name!r} do not depend on it; "
+                         f"they read {real}")
+    if unread:
+        logger.info("OnnxBackend: graph inputs %s are not read by the class scores %r: not fed", unread, output_name)
     if input_name is None:
         if len(real) != 1:
             if not real:
-                raise ValueError("model has no graph input to differentiate")
+                raise ValueError(f"model output {output_name!r} depends on no graph input to differentiate")
             raise ValueError(f"model has {len(real)} graph inputs {real}; pass input_name= to choose the "
                              "classifier's input")
         input_name = real[0]
     elif not isinstance(input_name, str) or input_name not in by_name:
-        raise ValueError(f"input_name {input_name!r} is not a graph input of the model; its inputs are {real}")
+        raise ValueError(f"input_name {input_name!r} is not a graph input of the model; its inputs are {declared}")
     others = [n for n in real if n != input_name]
     if others:
         raise ValueError(f"model has graph inputs {others} besides input_name {input_name!r}; OnnxBackend feeds "
@@ -805,7 +818,7 @@ def _reads(onnx, node) -> set:
 
 
 def _prune(onnx, graph, output: str) -> None:
-    """Keep only the nodes (and initializers) that ``output`` depends on."""
+    """Keep only the nodes, graph inputs and initializers that ``output`` depends on."""
     needed, keep = {output}, []
     for i in range(len(graph.node) - 1, -1, -1):
         node = graph.node[i]
@@ -813,11 +826,12 @@ def _prune(onnx, graph, output: str) -> None:
             keep.append(i)
             needed |= _reads(onnx, node)
     nodes = [graph.node[i] for i in reversed(keep)]
-    inputs = {v.name for v in graph.input}
-    inits = [t for t in graph.initializer if t.name in needed or t.name in inputs]
-    nodes, inits = [_copy(n) for n in nodes], [_copy(t) for t in inits]
-    del graph.node[:], graph.initializer[:]
+    inputs = [v for v in graph.input if v.name in needed]
+    inits = [t for t in graph.initializer if t.name in needed]
+    nodes, inputs, inits = [_copy(n) for n in nodes], [_copy(v) for v in inputs], [_copy(t) for t in inits]
+    del graph.node[:], graph.input[:], graph.initializer[:]
     graph.node.extend(nodes)
+    graph.input.extend(inputs)
     graph.initializer.extend(inits)
 
 

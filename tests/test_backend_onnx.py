@@ -382,6 +382,36 @@ def test_several_inputs_need_input_name():
         OnnxBackend(proto, input_name="a")
 
 
+def _with_unread_inputs(proto, *, used_by_another_output: bool):
+    """``proto`` plus graph inputs ``mean`` and ``var`` the class scores never read: dangling, as tf2onnx
+    leaves a Keras Normalization layer's folded constants, or read only by a second output."""
+    from onnx import TensorProto, helper
+
+    out = copy.deepcopy(proto)
+    for name in ("mean", "var"):
+        out.graph.input.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 4]))
+    if used_by_another_output:
+        out.graph.node.append(helper.make_node("Add", ["mean", "var"], ["stats"], name="stats"))
+        out.graph.output.append(helper.make_tensor_value_info("stats", TensorProto.FLOAT, [1, 4]))
+    return out
+
+
+@pytest.mark.parametrize("used_by_another_output", [False, True])
+def test_graph_inputs_the_class_scores_do_not_read_are_not_fed(used_by_another_output):
+    W, b = om.linear_weights()
+    plain = OnnxBackend(om.linear_model(W, b))
+    extra = _with_unread_inputs(om.linear_model(W, b), used_by_another_output=used_by_another_output)
+    ob = OnnxBackend(extra, output_name="y" if used_by_another_output else None)
+    x = np.random.default_rng(0).standard_normal((3, 4))
+    assert ob.input_name == "x" and [v.name for v in ob.model.graph.input] == ["x", "mean", "var"]  # the user's model kept
+    p0, g0 = plain.class_gradients(x)
+    p1, g1 = ob.class_gradients(x)
+    np.testing.assert_array_equal(p1, p0)
+    np.testing.assert_array_equal(g1, g0)
+    with pytest.raises(ValueError, match=r"input_name 'mean': the class scores 'y' do not depend on it; they read \['x'\]"):
+        OnnxBackend(extra, input_name="mean", output_name="y")
+
+
 def test_unknown_input_and_output_names():
     proto = om.linear_model(*om.linear_weights())
     with pytest.raises(ValueError, match=r"input_name 'image' is not a graph input of the model; its inputs are \['x'\]"):
