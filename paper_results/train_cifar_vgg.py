@@ -58,7 +58,7 @@ PAD = 4
 EVAL_BATCH = 500
 # settings that change the training; a checkpoint is only resumed when all of them match
 _CONFIG_KEYS = ("width", "activation", "epochs", "batch_size", "lr", "momentum", "weight_decay", "warmup_epochs",
-                "train_limit", "seed", "data_dir")
+                "train_limit", "seed", "data_dir", "cutout", "init_from")
 
 
 def default_out(width: float, activation: str) -> Path:
@@ -91,12 +91,26 @@ def parse_args(argv=None):
     p.add_argument("--warmup-epochs", type=float, default=1.0)
     p.add_argument("--train-limit", type=int, default=None,
                    help="train on the first N training images only (class-balanced prefix); default all 50,000")
+    p.add_argument("--cutout", type=int, default=0, metavar="SIZE",
+                   help="also blank one random SIZE x SIZE square per training image (DeVries and Taylor 2017; "
+                        "0: off)")
+    p.add_argument("--init-from", default=None, metavar="STATE_DICT",
+                   help="start from these vgg_cifar weights (a state dict this script wrote) instead of "
+                        "random ones: a further cosine cycle of --epochs epochs")
     p.add_argument("--eval-limit", type=int, default=2000,
                    help="test images used for the accuracy printed after each epoch (the final one uses all)")
     add_run_arguments(p, "paper_results/models/vgg_cifar_w{width}.pt")
     args = p.parse_args(argv)
     if args.epochs < 1 or args.batch_size < 1 or args.width <= 0:
         p.error("--epochs, --batch-size and --width must be positive")
+    if not 0 <= args.cutout <= 32:
+        p.error(f"--cutout: expected a square side from 0 (off) to 32 pixels, got {args.cutout}")
+    if args.init_from is not None:
+        if not Path(args.init_from).is_file():
+            p.error(f"--init-from: no state dict at {args.init_from}")
+        out = Path(args.out) if args.out else default_out(args.width, args.activation)
+        if out.resolve() == Path(args.init_from).resolve():
+            p.error(f"--out: the fine-tuned weights would overwrite --init-from {args.init_from}; pass another --out")
     return args
 
 
@@ -114,6 +128,20 @@ def command_line(args) -> str:
     return cmd
 
 
+def init_from_record(path: str | None) -> dict | None:
+    """What a fine-tuned model started from: the state dict's name, hash and (when its JSON is
+    beside it) its epochs, accuracy and command."""
+    if path is None:
+        return None
+    src = Path(path)
+    rec = dict(state_dict=src.name, state_dict_sha256=sha256(src))
+    meta = src.with_suffix(".json")
+    if meta.is_file():
+        m = json.loads(meta.read_text())
+        rec.update({k: m[k] for k in ("epochs", "test_accuracy", "command") if k in m})
+    return rec
+
+
 def human_size(n: int) -> str:
     return f"{n / 1024:.0f} KiB" if n < 1024 ** 2 else f"{n / 1024 ** 2:.2f} MiB"
 
@@ -127,9 +155,10 @@ def to_nchw_uint8(torch, images: np.ndarray):
     return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
 
 
-def augmented_batch(torch, padded, idx, gen):
+def augmented_batch(torch, padded, idx, gen, cutout: int = 0):
     """Random 32 x 32 crops of the zero-padded uint8 images ``padded[idx]`` and random horizontal flips,
-    as float32 in [0, 1], channels-last."""
+    as float32 in [0, 1], channels-last; with ``cutout`` > 0, one ``cutout`` x ``cutout`` square per
+    image (centre uniform over the image, clipped at its edges) set to 0."""
     n = len(idx)
     oy = torch.randint(0, 2 * PAD + 1, (n,), generator=gen)
     ox = torch.randint(0, 2 * PAD + 1, (n,), generator=gen)
@@ -140,7 +169,15 @@ def augmented_batch(torch, padded, idx, gen):
     cols = torch.where(flip[:, None], cols.flip(1), cols)
     xb = padded[idx[:, None, None, None], torch.arange(3)[None, :, None, None], rows[:, None, :, None],
                 cols[:, None, None, :]]
-    return (xb.float() / 255.0).contiguous(memory_format=torch.channels_last)
+    xb = xb.float() / 255.0
+    if cutout:
+        cy = torch.randint(0, 32, (n,), generator=gen)
+        cx = torch.randint(0, 32, (n,), generator=gen)
+        lo = cutout // 2
+        inside_y = (ar[None, :] >= (cy - lo)[:, None]) & (ar[None, :] < (cy - lo + cutout)[:, None])
+        inside_x = (ar[None, :] >= (cx - lo)[:, None]) & (ar[None, :] < (cx - lo + cutout)[:, None])
+        xb = xb.masked_fill((inside_y[:, :, None] & inside_x[:, None, :])[:, None], 0.0)
+    return xb.contiguous(memory_format=torch.channels_last)
 
 
 def evaluate(torch, model, x_u8, y) -> float:
@@ -254,6 +291,8 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     model = vgg_cifar(width=args.width, activation=args.activation, seed=args.seed)
+    if args.init_from:
+        model.load_state_dict(torch.load(args.init_from, map_location="cpu", weights_only=True), strict=True)
     model = model.to(memory_format=torch.channels_last)
     n_params = sum(p.numel() for p in model.parameters())
     decay = [p for p in model.parameters() if p.ndim > 1]
@@ -284,7 +323,7 @@ def main(argv=None) -> int:
         loss_sum, correct = 0.0, 0
         for i in bar:
             idx = perm[i:i + args.batch_size]
-            xb, yb = augmented_batch(torch, padded, idx, gen), y_train[idx]
+            xb, yb = augmented_batch(torch, padded, idx, gen, args.cutout), y_train[idx]
             opt.zero_grad(set_to_none=True)
             logits = model(xb)
             loss = loss_fn(logits, yb)
@@ -342,7 +381,9 @@ def main(argv=None) -> int:
         epochs=args.epochs, train_images=n_train, batch_size=args.batch_size,
         optimizer=f"SGD, Nesterov momentum {args.momentum}, weight decay {args.weight_decay} on conv/linear weights",
         lr_schedule=f"peak {args.lr}, linear warm-up {args.warmup_epochs:g} epoch(s), cosine decay to 0 per step",
-        augmentation=f"random crop 32x32 from zero padding {PAD}, random horizontal flip",
+        augmentation=f"random crop 32x32 from zero padding {PAD}, random horizontal flip"
+                     + (f", cutout {args.cutout}x{args.cutout}" if args.cutout else ""),
+        init_from=init_from_record(args.init_from),
         loss="cross-entropy", seed=args.seed, threads=args.threads,
         train_wall_seconds=round(train_seconds, 1),
         seconds_per_epoch=round(train_seconds / args.epochs, 1),

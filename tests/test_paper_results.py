@@ -153,6 +153,38 @@ def test_train_mnist_models_trains_resumes_and_writes_metadata(tmp_path):
     assert r.returncode == 2 and "other settings" in r.stderr
 
 
+def test_cifar_cutout_blanks_one_clipped_square_per_image():
+    import torch
+
+    from paper_results.train_cifar_vgg import PAD, augmented_batch
+
+    images = torch.full((6, 3, 32 + 2 * PAD, 32 + 2 * PAD), 255, dtype=torch.uint8)  # white, padding too
+    images[..., :PAD, :] = images[..., -PAD:, :] = 255
+    idx = torch.arange(6)
+    plain = augmented_batch(torch, images, idx, torch.Generator().manual_seed(1))
+    cut = augmented_batch(torch, images, idx, torch.Generator().manual_seed(1), cutout=8)
+    assert torch.equal(plain, torch.ones_like(plain))
+    blank = (cut == 0).all(dim=1)  # (n, 32, 32): all three channels blanked together
+    assert torch.equal((cut == 0).any(dim=1), blank)
+    for m in blank:
+        rows, cols = m.any(1).nonzero().flatten(), m.any(0).nonzero().flatten()
+        assert 1 <= len(rows) <= 8 and 1 <= len(cols) <= 8  # clipped at the edges, never larger
+        assert int(m.sum()) == len(rows) * len(cols)  # one axis-aligned rectangle
+        assert rows.diff().eq(1).all() and cols.diff().eq(1).all()
+
+
+def test_cifar_fine_tune_refuses_to_overwrite_its_starting_weights(tmp_path):
+    start = tmp_path / "w.pt"
+    start.write_bytes(b"not read")
+    r = subprocess.run([sys.executable, "paper_results/train_cifar_vgg.py", "--init-from", str(start), "--out", str(start)],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--out" in r.stderr and "--init-from" in r.stderr
+    assert start.read_bytes() == b"not read"
+    r = subprocess.run([sys.executable, "paper_results/train_cifar_vgg.py", "--cutout", "40"], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--cutout" in r.stderr
+
+
 def test_fgm_l2_examples_have_the_asked_norm():
     import torch
 
