@@ -87,3 +87,36 @@ def test_the_library_networks_agree(tmp_path):
     rows = [zoo.check(n, f, b, s, "torchscript", folder=tmp_path) for n, (f, b, s) in models.items()]
     bad = [(r.model, r.status, r.error) for r in rows if r.status not in ("ok", "export failed")]
     assert not bad, bad
+
+
+def _softmax_backend(W, b, *, scale=1.0):
+    """A linear softmax classifier as a gradient callable, its class gradients scaled by ``scale``."""
+    import numpy as np
+
+    import fisher_ref as fr
+
+    def grads(x):
+        z = W @ np.asarray(x, np.float64) + b
+        p = np.exp(z - z.max())
+        p /= p.sum()
+        return p, scale * (p @ W - W)  # grad of -log p_i: (sum_j p_j W_j) - W_i
+
+    return fr.as_backend(grads, input_shape=(W.shape[1],))
+
+
+@pytest.mark.parametrize("scale, expected", [(1.0, "disagrees"), (1 + 9e-5, "float32 ill-conditioned")])
+def test_float32_ill_conditioning_is_told_by_the_eigenvalues_too(scale, expected):
+    """A float32 reference whose class gradients are within tolerance of float64 (9e-5) but whose
+    eigenvalues are not (about 1.8e-4): the model is float32 ill-conditioned, not a disagreement."""
+    import numpy as np
+
+    import fisher_ref as fr
+
+    rng = np.random.default_rng(0)
+    W, b = rng.standard_normal((4, 6)), rng.standard_normal(4)
+    x = rng.standard_normal((2, 6))
+    row = zoo.Row("m", "f", "e", (6,), 4, status="disagrees")
+    zoo.mark_float32_ill_conditioned(row, x, fr, _softmax_backend(W, b, scale=scale), _softmax_backend(W, b))
+    assert row.status == expected
+    assert row.torch_float32_error == pytest.approx(abs(scale - 1), abs=1e-12)
+    assert row.torch_float32_eigenvalue_error == pytest.approx(abs(scale ** 2 - 1), rel=1e-6, abs=1e-12)

@@ -34,6 +34,8 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -63,17 +65,21 @@ class Row:
     n_classes: int
     opset: int | None = None            # None: the exporter's default
     batch: int | None = None            # None: a dynamic batch axis
+    n_inputs: int = 2                   # inputs compared and audited
     #: "ok", "disagrees", "float32 ill-conditioned" (torch float32 itself is as far from float64),
     #: "export failed", "backend failed", "audit failed"
     status: str = "ok"
     gradient_error: float | None = None      # OnnxBackend against TorchBackend, both float32
     torch_float32_error: float | None = None  # TorchBackend float32 against float64: the model's own float32 noise
+    #: the same for the top-5 eigenvalues (measured only for a model that would otherwise disagree)
+    torch_float32_eigenvalue_error: float | None = None
     onnx_float64_error: float | None = None   # OnnxBackend (float32) against TorchBackend float64
     eigenvalue_error: float | None = None
     min_cos: float | None = None
     seconds_per_input: float | None = None
     torch_seconds_per_input: float | None = None
-    audit_seconds: float | None = None
+    audit_seconds: float | None = None   # `fisher-ref audit` on the row's inputs, the whole command
+    audit_peak_gb: float | None = None   # its peak resident memory
     error: str | None = None
     notes: list = field(default_factory=list)
 
@@ -298,9 +304,12 @@ def _inputs(input_shape: tuple, n: int, seed: int = 0) -> np.ndarray:
 
 
 def check(name: str, family: str, builder: Callable, input_shape: tuple, exporter: str, *, n: int = 2,
-          opset: int | None = None, batch: int | None = None, audit: bool = False, folder: Path | None = None) -> Row:
+          opset: int | None = None, batch: int | None = None, audit: bool = False, folder: Path | None = None,
+          compare: bool = True, max_memory: str | None = None) -> Row:
     """One model through one exporter (at ``opset``, with a fixed ``batch`` or a dynamic batch axis):
-    agreement of OnnxBackend with TorchBackend, and with ``audit`` the audit of the export."""
+    agreement of OnnxBackend with TorchBackend (unless not ``compare``: then the row's status is
+    "audited" when the audit succeeds), and with ``audit`` the audit of the export
+    (:func:`audit_in_child`, under ``max_memory`` such as "2G")."""
     import torch
 
     import fisher_ref as fr
@@ -309,17 +318,21 @@ def check(name: str, family: str, builder: Callable, input_shape: tuple, exporte
     net = _seeded(builder)
     tb = TorchBackend(net, input_shape=input_shape, output=TORCH_OUTPUT.get(name, "logits"))
     x = _inputs(input_shape, n)
-    t64 = TorchBackend(net, input_shape=input_shape, output=TORCH_OUTPUT.get(name, "logits"), dtype=torch.float64)
-    row = Row(name, family, exporter, tuple(input_shape), int(tb.probabilities(x[:1]).shape[1]), opset, batch)
+    row = Row(name, family, exporter, tuple(input_shape), int(tb.probabilities(x[:1]).shape[1]), opset, batch, n)
     folder = Path(folder or tempfile.mkdtemp(prefix="fisher_ref_zoo_"))
     path = folder / f"{abs(hash((name, exporter, opset, batch))):x}.onnx"
     ob = exported_backend(row, lambda: export_onnx(net, input_shape, path, exporter=exporter, opset=opset,
                                                    batch=batch), path)
     if ob is None:
         return row
-    _compare(row, tb, ob, x, fr, t64)
-    if audit and row.status == "ok":
-        _audit(row, path, x, folder)
+    if compare:
+        t64 = TorchBackend(net, input_shape=input_shape, output=TORCH_OUTPUT.get(name, "logits"), dtype=torch.float64)
+        _compare(row, tb, ob, x, fr, t64)
+    del ob, tb  # the parent's copies: the audit's memory is the child's alone
+    if audit and row.status in AUDITABLE:
+        audit_in_child(row, path, x, folder, max_memory=max_memory)
+        if not compare and row.status == "ok":
+            row.status = "audited"
     return row
 
 
@@ -342,8 +355,41 @@ def exported_backend(row: Row, export: Callable[[], object], path: Path):
     return ob
 
 
-def _compare(row: Row, tb, ob, x: np.ndarray, fr, t64=None) -> np.ndarray:
-    """Fill ``row``'s agreement figures of ``ob`` against ``tb``; returns ``tb``'s class gradients."""
+#: rows whose export the audit runs on: agreeing, or as close as float32 allows
+AUDITABLE = ("ok", "float32 ill-conditioned")
+
+
+def eigenvalue_error(w: np.ndarray, reference: np.ndarray) -> float:
+    """Largest difference of the eigenvalues ``w`` from ``reference`` (rows: inputs), relative to
+    each input's lambda_1."""
+    return float(np.max(np.abs(w - reference) / np.maximum(reference[:, :1], 1e-300)))
+
+
+def agrees(row: Row) -> bool:
+    return (row.gradient_error <= TOL_GRADIENTS and row.eigenvalue_error <= TOL_EIGENVALUES
+            and row.min_cos >= COS_MIN)
+
+
+def mark_float32_ill_conditioned(row: Row, x: np.ndarray, fr, ref32, ref64, w64: np.ndarray | None = None) -> None:
+    """For a row that does not agree: when the reference's own float32 model ``ref32`` is as far
+    from its float64 one ``ref64`` (class gradients, or the top-5 eigenvalues), the model is float32
+    ill-conditioned, not a disagreement. ``w64``: ``ref64``'s eigenvalues when already computed."""
+    if row.torch_float32_error is None:
+        _, g32 = ref32.class_gradients(x)
+        _, g64 = ref64.class_gradients(x.astype(np.float64))
+        row.torch_float32_error = float(np.abs(g32 - g64).max() / max(np.abs(g64).max(), 1e-300))
+    ill = row.torch_float32_error > TOL_GRADIENTS
+    if not ill:
+        k = min(K, row.n_classes - 1)
+        w64 = fr.fisher_spectrum(x.astype(np.float64), ref64, k=k)[0] if w64 is None else w64
+        row.torch_float32_eigenvalue_error = eigenvalue_error(fr.fisher_spectrum(x, ref32, k=k)[0], w64)
+        ill = row.torch_float32_eigenvalue_error > TOL_EIGENVALUES
+    row.status = "float32 ill-conditioned" if ill else "disagrees"
+
+
+def _compare(row: Row, tb, ob, x: np.ndarray, fr, t64=None) -> tuple[np.ndarray, np.ndarray]:
+    """Fill ``row``'s agreement figures of ``ob`` against ``tb``; returns ``tb``'s class gradients
+    and top-5 eigenvalues."""
     _, gt = tb.class_gradients(x)
     _, go = ob.class_gradients(x)
     row.gradient_error = float(np.abs(go - gt).max() / max(np.abs(gt).max(), 1e-300))
@@ -359,27 +405,40 @@ def _compare(row: Row, tb, ob, x: np.ndarray, fr, t64=None) -> np.ndarray:
     t0 = time.perf_counter()
     wo, vo = fr.fisher_spectrum(x, ob, k=k)
     row.seconds_per_input = (time.perf_counter() - t0) / len(x)
-    scale = np.maximum(wt[:, :1], 1e-300)
-    row.eigenvalue_error = float(np.max(np.abs(wo - wt) / scale))
+    row.eigenvalue_error = eigenvalue_error(wo, wt)
     cos = np.abs(np.einsum("nd,nd->n", vt[:, 0].reshape(len(x), -1), vo[:, 0].reshape(len(x), -1)))
     row.min_cos = float(cos.min())
-    if row.gradient_error > TOL_GRADIENTS or row.eigenvalue_error > TOL_EIGENVALUES or row.min_cos < COS_MIN:
-        ill = row.torch_float32_error is not None and row.torch_float32_error > TOL_GRADIENTS
-        row.status = "float32 ill-conditioned" if ill else "disagrees"
-    return gt
+    if not agrees(row):
+        row.status = "disagrees"
+        if t64 is not None:
+            mark_float32_ill_conditioned(row, x, fr, tb, t64)
+    return gt, wt
 
 
-def _audit(row: Row, path: Path, x: np.ndarray, folder: Path) -> None:
-    from fisher_ref.audit import audit
-
+def audit_in_child(row: Row, path: Path, data: np.ndarray, folder: Path, *options: str,
+                   max_memory: str | None = None) -> None:
+    """``fisher-ref audit`` of the export on ``data`` (saved as .npy), as a user runs it, in a child
+    process: ``row.audit_seconds`` (the whole run), ``row.audit_peak_gb`` (the child's peak resident
+    memory, from ``os.wait4``), or ``row.status = "audit failed"`` with the command's last error line."""
+    data_path, out = folder / f"{path.stem}-data.npy", folder / f"{path.stem}-audit"
+    np.save(data_path, data)
+    cmd = [sys.executable, "-m", "fisher_ref", "audit", str(path), "--data", str(data_path), "--out", str(out),
+           "--k", str(K), "--epsilons", "0.5", "1", "--no-report", "--no-progress", *options]
+    if max_memory:
+        cmd += ["--max-memory", max_memory]
+    log = folder / f"{path.stem}-audit.log"
     t0 = time.perf_counter()
-    try:
-        audit(str(path), x, out=folder / f"{path.stem}-audit", report=False, progress=False, k=K,
-              epsilons=(0.5, 1.0), log=lambda line: None)
-    except Exception as exc:  # noqa: BLE001
-        row.status, row.error = "audit failed", _one_line(exc)
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)  # the child's own rusage, which Popen.wait would not give
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        lines = [ln for ln in log.read_text().splitlines() if ln.strip()]
+        row.status = "audit failed"
+        row.error = f"fisher-ref audit exit {proc.returncode}: {lines[-1] if lines else '(no output)'}"[:400]
         return
     row.audit_seconds = time.perf_counter() - t0
+    row.audit_peak_gb = usage.ru_maxrss / 2**20  # kB on Linux
 
 
 def _one_line(exc: BaseException) -> str:
@@ -391,7 +450,8 @@ def _one_line(exc: BaseException) -> str:
 def markdown(rows: list[Row]) -> str:
     """The README's zoo table: one line per model and exporter."""
     head = ("| model | family | exporter, opset, batch | input | C | result | gradients (torch float32: float64) "
-            "| top-5 eigenvalues | min abs cos v1 | s/input ONNX (torch) |\n|---|---|---|---|---:|---|---:|---:|---:|---:|\n")
+            "| top-5 eigenvalues | min abs cos v1 | s/input ONNX (torch) | audit s/input | audit peak GB |\n"
+            "|---|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|\n")
     lines = []
     for r in rows:
         fmt = (lambda v: "-" if v is None else f"{v:.1e}")
@@ -399,9 +459,11 @@ def markdown(rows: list[Row]) -> str:
         speed = "-" if r.seconds_per_input is None else f"{r.seconds_per_input:.3f} ({r.torch_seconds_per_input:.3f})"
         cos = "-" if r.min_cos is None else f"{r.min_cos:.6f}"
         how = f"{r.exporter}, {r.opset or 'default'}, {r.batch or 'dynamic'}"
+        per_input = "-" if r.audit_seconds is None else f"{r.audit_seconds / r.n_inputs:.1f}"
+        peak = "-" if r.audit_peak_gb is None else f"{r.audit_peak_gb:.2f}"
         lines.append(f"| {r.model} | {r.family} | {how} | {'x'.join(map(str, r.input_shape))} | {r.n_classes} "
                      f"| {result} | {fmt(r.gradient_error)} ({fmt(r.torch_float32_error)}) | {fmt(r.eigenvalue_error)} "
-                     f"| {cos} | {speed} |")
+                     f"| {cos} | {speed} | {per_input} | {peak} |")
     return head + "\n".join(lines) + "\n"
 
 
@@ -414,10 +476,21 @@ def main(argv=None) -> int:
     ap.add_argument("--opsets", nargs="+", type=int, default=[None], help="ONNX opsets (default: the exporter's)")
     ap.add_argument("--batch", nargs="+", default=["dynamic"],
                     help="'dynamic' and/or fixed batch sizes to export with (default: dynamic)")
-    ap.add_argument("--audit", action="store_true", help="also run fisher_ref.audit on each export")
+    ap.add_argument("--audit", action="store_true",
+                    help="also run `fisher-ref audit` on each export (a child process: seconds, peak memory)")
+    ap.add_argument("--audit-only", action="store_true",
+                    help="audit each export without comparing it with TorchBackend (the cost at 224x224 and "
+                         "1000 classes, where the comparison's C x d Jacobians dominate)")
+    ap.add_argument("--max-memory", default=None, metavar="SIZE", help="the audit's --max-memory, e.g. 2G")
     ap.add_argument("--out", help="write the rows as JSON here")
     ap.add_argument("--markdown", help="write the table as Markdown here")
     args = ap.parse_args(argv)
+    if args.max_memory is not None:
+        from fisher_ref.audit._config import parse_memory
+        try:
+            parse_memory(args.max_memory, "--max-memory")
+        except ValueError as exc:
+            ap.error(str(exc))
     if args.size < 16:
         ap.error(f"--size must be at least 16, got {args.size}")
     try:
@@ -437,8 +510,9 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="fisher_ref_zoo_") as tmp:
         for i, (name, (family, builder, shape)) in enumerate(models.items(), 1):
             for exporter, opset, batch in itertools.product(args.exporters, args.opsets, batches):
-                row = check(name, family, builder, shape, exporter, opset=opset, batch=batch, audit=args.audit,
-                            folder=Path(tmp))
+                row = check(name, family, builder, shape, exporter, opset=opset, batch=batch,
+                            audit=args.audit or args.audit_only, compare=not args.audit_only,
+                            max_memory=args.max_memory, folder=Path(tmp))
                 rows.append(row)
                 print(f"[{i}/{len(models)}] {name} ({exporter}, opset {opset or 'default'}, batch "
                       f"{batch or 'dynamic'}): {outcome(row)}", flush=True)
@@ -446,12 +520,16 @@ def main(argv=None) -> int:
 
 
 def outcome(row: Row) -> str:
-    """One line: the status and the error, or the agreement figures."""
+    """One line: the status and the error, or the agreement (and audit) figures."""
     if row.error:
         return f"{row.status} - {row.error}"
+    audit = ("" if row.audit_seconds is None else
+             f"; audit {row.audit_seconds / row.n_inputs:.1f} s/input, peak {row.audit_peak_gb:.2f} GB")
+    if row.gradient_error is None:
+        return row.status + audit
     f64 = "" if row.onnx_float64_error is None else f" (float64 {row.onnx_float64_error:.1e})"
     return (f"{row.status}, gradients {row.gradient_error:.1e}{f64}, eigenvalues {row.eigenvalue_error:.1e}, "
-            f"|cos| {row.min_cos:.6f}")
+            f"|cos| {row.min_cos:.6f}{audit}")
 
 
 def finish(prog: str, rows: list[Row], out: str | None, md: str | None) -> int:
@@ -462,7 +540,10 @@ def finish(prog: str, rows: list[Row], out: str | None, md: str | None) -> int:
         Path(md).write_text(markdown(rows))
     bad = [r for r in rows if r.status == "disagrees"]
     ok = sum(r.status == "ok" for r in rows)
-    print(f"{prog}: {ok} of {len(rows)} agree; {len(bad)} disagree; {len(rows) - ok - len(bad)} could not be run")
+    audited = sum(r.status == "audited" for r in rows)
+    only = f"; {audited} audited (not compared)" if audited else ""
+    print(f"{prog}: {ok} of {len(rows)} agree; {len(bad)} disagree{only}; "
+          f"{len(rows) - ok - len(bad) - audited} could not be run")
     return 1 if bad else 0
 
 

@@ -23,12 +23,12 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
-from .zoo import K, TOL_GRADIENTS, Row, _compare, _one_line, exported_backend, finish, outcome
+from .zoo import (AUDITABLE, Row, _compare, audit_in_child, exported_backend, finish, mark_float32_ill_conditioned,
+                  outcome)
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -187,7 +187,7 @@ def check(name: str, family: str, builder, input_shape: tuple, *, opset: int | N
         return row
     row.notes.append(f"output {ob.output_kind_}")
     compare_with_float64(row, tb, t64, ob, x, fr)
-    if audit and row.status == "ok" and len(input_shape) == 3:
+    if audit and row.status in AUDITABLE and len(input_shape) == 3:
         _audit_nchw(row, path, x, folder)
     return row
 
@@ -196,27 +196,20 @@ def compare_with_float64(row: Row, tb32, tb64, ob, x: np.ndarray, fr) -> None:
     """The zoo's comparison with TensorFlow float64 as the reference (the exact model: a float32
     TensorFlow is itself up to 5% off on a random ResNet50), and TensorFlow float32's own distance from
     it beside, to tell a float32-ill-conditioned model from a disagreement."""
-    g64 = _compare(row, tb64, ob, x, fr)
+    g64, w64 = _compare(row, tb64, ob, x, fr)
     row.onnx_float64_error = row.gradient_error
     _, g32 = tb32.class_gradients(x)
     row.torch_float32_error = float(np.abs(g32 - g64).max() / max(np.abs(g64).max(), 1e-300))
-    if row.status == "disagrees" and row.torch_float32_error > TOL_GRADIENTS:
-        row.status = "float32 ill-conditioned"
+    if row.status == "disagrees":
+        mark_float32_ill_conditioned(row, x, fr, tb32, tb64, w64)
 
 
 def _audit_nchw(row: Row, path: Path, x: np.ndarray, folder: Path) -> None:
-    """The audit of an NHWC model on NCHW pixel data with ``layout="nchw"`` and per-channel mean/std."""
-    from fisher_ref.audit import audit
-
+    """``fisher-ref audit`` of an NHWC model on NCHW pixel data with ``--layout nchw`` and per-channel
+    ``--mean`` / ``--std`` (the README's recipe)."""
     pixels = np.clip(x * np.asarray(STD, np.float32) + np.asarray(MEAN, np.float32), 0, 1).transpose(0, 3, 1, 2)
-    t0 = time.perf_counter()
-    try:
-        audit(str(path), np.ascontiguousarray(pixels), out=folder / f"{path.stem}-audit", report=False,
-              progress=False, k=K, epsilons=(0.5, 1.0), layout="nchw", mean=MEAN, std=STD, log=lambda line: None)
-    except Exception as exc:  # noqa: BLE001
-        row.status, row.error = "audit failed", _one_line(exc)
-        return
-    row.audit_seconds = time.perf_counter() - t0
+    audit_in_child(row, path, np.ascontiguousarray(pixels), folder, "--layout", "nchw",
+                   "--mean", *map(str, MEAN), "--std", *map(str, STD))
 
 
 def write_fixture(name: str, builder, input_shape: tuple, folder: Path, opset: int = 17) -> dict:
