@@ -19,57 +19,16 @@ pytest.importorskip("onnx_ad")
 pytest.importorskip("sklearn")
 skl2onnx = pytest.importorskip("skl2onnx")
 
-from sklearn.linear_model import LogisticRegression  # noqa: E402
-from sklearn.neural_network import MLPClassifier  # noqa: E402
-from sklearn.pipeline import make_pipeline  # noqa: E402
-from sklearn.preprocessing import StandardScaler  # noqa: E402
-
 import fisher_ref  # noqa: E402
 from fisher_ref.backends import OnnxBackend  # noqa: E402
+from fisher_ref.validation import zoo, zoo_sklearn  # noqa: E402
+from fisher_ref.validation.zoo_sklearn import export, fd_gradients, fitted  # noqa: E402
 
-D = 6
-
-
-def data(n=300, classes=3, seed=0):
-    rng = np.random.default_rng(seed)
-    X = rng.standard_normal((n, D))
-    y = (X[:, 0] + X[:, 1] > 0).astype(int) + (X[:, 2] > 0.5) if classes == 3 else (X[:, 0] - X[:, 3] > 0).astype(int)
-    return X, y
-
-
-ESTIMATORS = {
-    "logistic regression, 3 classes": lambda: LogisticRegression(max_iter=1000),
-    "logistic regression, binary": lambda: LogisticRegression(max_iter=1000),
-    "scaler + logistic regression": lambda: make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)),
-    "MLP (relu)": lambda: MLPClassifier((16,), max_iter=2000, random_state=0),
-    "MLP (tanh)": lambda: MLPClassifier((12, 8), activation="tanh", max_iter=2000, random_state=0),
-}
-
-
-def fitted(name):
-    X, y = data(classes=2 if "binary" in name else 3)
-    return ESTIMATORS[name]().fit(X, y), X
-
-
-def export(est, X, zipmap: bool):
-    last = est.steps[-1][1] if hasattr(est, "steps") else est
-    return skl2onnx.to_onnx(est, X[:1].astype(np.float32), options={id(last): {"zipmap": zipmap}},
-                            target_opset={"": 17, "ai.onnx.ml": 3})
-
-
-def fd_gradients(est, x, h=1e-6):
-    """Central differences of -log predict_proba (float64): (n, C, d)."""
-    n, d = x.shape
-    out = np.empty((n, len(est.classes_), d))
-    for j in range(d):
-        e = np.zeros(d)
-        e[j] = h
-        out[:, :, j] = -(np.log(est.predict_proba(x + e)) - np.log(est.predict_proba(x - e))) / (2 * h)
-    return out
+ESTIMATORS = list(zoo_sklearn._estimators())
 
 
 @pytest.mark.parametrize("zipmap", [True, False], ids=["ZipMap", "tensor"])
-@pytest.mark.parametrize("name", list(ESTIMATORS))
+@pytest.mark.parametrize("name", ESTIMATORS)
 def test_skl2onnx_classifiers_give_scikit_learns_gradients(name, zipmap):
     est, X = fitted(name)
     be = OnnxBackend(export(est, X, zipmap))  # no output_name: the probabilities are chosen
@@ -137,3 +96,11 @@ def test_the_audit_takes_a_skl2onnx_export(tmp_path, capsys):
     s = json.loads((out / "summary.json").read_text())
     assert s["n_inputs"] == 20 and s["model"]["output_kind"] == "probabilities"
     assert np.isfinite(s["top_eigenvalue"]["median"])
+
+
+def test_the_zoo_row_of_a_skl2onnx_export_agrees_and_audits(tmp_path):
+    row = zoo_sklearn.check("MLP (tanh)", True, audit=True, folder=tmp_path)
+    assert row.status == "ok", row.error
+    assert row.gradient_error <= zoo.TOL_GRADIENTS and row.eigenvalue_error <= zoo.TOL_EIGENVALUES
+    assert row.min_cos >= zoo.COS_MIN and row.audit_seconds > 0 and 0 < row.audit_peak_gb < 24
+    assert "ZipMap" in row.exporter and "| MLP (tanh) | scikit-learn |" in zoo.markdown([row])

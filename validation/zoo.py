@@ -502,10 +502,7 @@ def main(argv=None) -> int:
     models = dict(_blocks())
     if args.library:
         models.update(library_models(args.size))
-    if args.only:
-        models = {k: v for k, v in models.items() if any(s.lower() in k.lower() for s in args.only)}
-        if not models:
-            ap.error(f"--only {' '.join(args.only)} matches no model")
+    models = select(models, args.only, ap)
     rows = []
     with tempfile.TemporaryDirectory(prefix="fisher_ref_zoo_") as tmp:
         for i, (name, (family, builder, shape)) in enumerate(models.items(), 1):
@@ -517,6 +514,16 @@ def main(argv=None) -> int:
                 print(f"[{i}/{len(models)}] {name} ({exporter}, opset {opset or 'default'}, batch "
                       f"{batch or 'dynamic'}): {outcome(row)}", flush=True)
     return finish("zoo", rows, args.out, args.markdown)
+
+
+def select(models: dict, only: list[str] | None, ap: argparse.ArgumentParser) -> dict:
+    """The ``models`` whose name contains one of the ``--only`` strings (all without ``--only``)."""
+    if not only:
+        return models
+    chosen = {k: v for k, v in models.items() if any(s.lower() in k.lower() for s in only)}
+    if not chosen:
+        ap.error(f"--only {' '.join(only)} matches no model")
+    return chosen
 
 
 def outcome(row: Row) -> str:

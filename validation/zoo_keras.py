@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .zoo import (AUDITABLE, Row, _compare, audit_in_child, exported_backend, finish, mark_float32_ill_conditioned,
-                  outcome)
+                  outcome, select)
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -255,10 +255,7 @@ def main(argv=None) -> int:
         (folder / "fixtures.json").write_text(json.dumps(meta, indent=1) + "\n")
         print(f"zoo_keras: wrote {len(meta)} exports and references into {folder}")
         return 0
-    if args.only:
-        models = {k: v for k, v in models.items() if any(s.lower() in k.lower() for s in args.only)}
-        if not models:
-            ap.error(f"--only {' '.join(args.only)} matches no model")
+    models = select(models, args.only, ap)
     rows = []
     with tempfile.TemporaryDirectory(prefix="fisher_ref_zoo_keras_") as tmp:
         for i, (name, (family, builder, shape)) in enumerate(models.items(), 1):
