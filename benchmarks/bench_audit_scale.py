@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -37,7 +36,10 @@ import numpy as np
 
 
 def _peak_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB on Linux
+    """This process's peak resident memory since its exec (VmHWM: not ru_maxrss, which Linux
+    seeds with the parent's size at exec)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 2**20  # kB
 
 
 def measure_jacobian(model: str, data: str, max_memory: str) -> dict:

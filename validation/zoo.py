@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -418,8 +417,9 @@ def _compare(row: Row, tb, ob, x: np.ndarray, fr, t64=None) -> tuple[np.ndarray,
 def audit_in_child(row: Row, path: Path, data: np.ndarray, folder: Path, *options: str,
                    max_memory: str | None = None) -> None:
     """``fisher-ref audit`` of the export on ``data`` (saved as .npy), as a user runs it, in a child
-    process: ``row.audit_seconds`` (the whole run), ``row.audit_peak_gb`` (the child's peak resident
-    memory, from ``os.wait4``), or ``row.status = "audit failed"`` with the command's last error line."""
+    process: ``row.audit_seconds`` (the whole run), ``row.audit_peak_gb`` (the child's own peak
+    resident memory, :func:`run_measured`), or ``row.status = "audit failed"`` with the command's
+    last error line."""
     data_path, out = folder / f"{path.stem}-data.npy", folder / f"{path.stem}-audit"
     np.save(data_path, data)
     cmd = [sys.executable, "-m", "fisher_ref", "audit", str(path), "--data", str(data_path), "--out", str(out),
@@ -427,18 +427,38 @@ def audit_in_child(row: Row, path: Path, data: np.ndarray, folder: Path, *option
     if max_memory:
         cmd += ["--max-memory", max_memory]
     log = folder / f"{path.stem}-audit.log"
-    t0 = time.perf_counter()
-    with open(log, "w") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)  # the child's own rusage, which Popen.wait would not give
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
+    returncode, seconds, peak_bytes = run_measured(cmd, log)
+    if returncode != 0:
         lines = [ln for ln in log.read_text().splitlines() if ln.strip()]
         row.status = "audit failed"
-        row.error = f"fisher-ref audit exit {proc.returncode}: {lines[-1] if lines else '(no output)'}"[:400]
+        row.error = f"fisher-ref audit exit {returncode}: {lines[-1] if lines else '(no output)'}"[:400]
         return
-    row.audit_seconds = time.perf_counter() - t0
-    row.audit_peak_gb = usage.ru_maxrss / 2**20  # kB on Linux
+    row.audit_seconds = seconds
+    row.audit_peak_gb = peak_bytes / 2**30
+
+
+#: runs argv[2:] and writes its rusage's ru_maxrss (kB) to argv[1]; started from a small process, so
+#: that the peak is the command's own (see run_measured)
+_LAUNCHER = ("import os, subprocess, sys; p = subprocess.Popen(sys.argv[2:]); _, s, u = os.wait4(p.pid, 0); "
+             "open(sys.argv[1], 'w').write(str(u.ru_maxrss)); sys.exit(os.waitstatus_to_exitcode(s))")
+
+
+def run_measured(cmd: list[str], log: Path) -> tuple[int, float, int]:
+    """Run ``cmd`` (output to ``log``): its exit status, wall seconds and peak resident bytes (with
+    any children it waited for).
+
+    Linux keeps, in a process's ``ru_maxrss``, the resident size of the memory it had before
+    ``exec``: a copy of its parent's. A command started straight from a large parent (this zoo
+    with a 224x224 network loaded) would report the parent's size as its own peak, so the command
+    is started from a small launcher process and the launcher reports the command's ``wait4``."""
+    with tempfile.TemporaryDirectory(prefix="fisher_ref_peak_") as tmp, open(log, "w") as fh:
+        peak_file = Path(tmp) / "peak_kb"
+        t0 = time.perf_counter()
+        returncode = subprocess.run([sys.executable, "-c", _LAUNCHER, str(peak_file), *cmd],
+                                    stdout=fh, stderr=subprocess.STDOUT).returncode
+        seconds = time.perf_counter() - t0
+        peak_kb = int(peak_file.read_text()) if peak_file.exists() else 0
+    return returncode, seconds, peak_kb * 1024
 
 
 def _one_line(exc: BaseException) -> str:
