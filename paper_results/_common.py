@@ -98,7 +98,7 @@ def parser(description: str) -> argparse.ArgumentParser:
                    "~/.cache/fisher_ref/paper_results, or $FISHER_REF_CACHE/paper_results)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
     p.add_argument("--cifar-model", choices=CIFAR_MODELS, default=DEFAULT_MODEL["cifar"],
-                   help=f"the CIFAR-10 model (default {DEFAULT_MODEL['cifar']}: width 0.5; vgg-cifar-w1: full width); "
+                   help=f"the CIFAR-10 model (default {DEFAULT_MODEL['cifar']}: width 0.5; vgg-cifar-w1: full width; vgg-cifar-w1-ft: its fine-tuned copy); "
                    "another than the default writes into paper_results/results/<model> unless --out is given")
     p.add_argument("--datasets", type=_datasets, default=DATASETS,
                    help="comma-separated data sets to run, of mnist,cifar (default both)")
@@ -169,6 +169,11 @@ MODELS = {
                            "python paper_results/train_cifar_vgg.py", (3, 32, 32), 0.26),
     "vgg-cifar-w1": ModelSpec("VGG (full width)", "cifar", "vgg_cifar", dict(width=1), "paper_results/models/vgg_cifar_w1.pt",
                               "python paper_results/train_cifar_vgg.py --width 1 --epochs 60", (3, 32, 32), 0.26),
+    "vgg-cifar-w1-ft": ModelSpec("VGG (full width, fine-tuned)", "cifar", "vgg_cifar", dict(width=1),
+                                 "paper_results/models/vgg_cifar_w1_ft.pt",
+                                 "python paper_results/train_cifar_vgg.py --width 1 --epochs 20 --lr 0.03 "
+                                 "--warmup-epochs 0.5 --cutout 16 --init-from paper_results/models/vgg_cifar_w1.pt "
+                                 "--out paper_results/models/vgg_cifar_w1_ft.pt", (3, 32, 32), 0.26),
 }
 #: the model of each data set's experiments (paper Section 3.4: LeNet-5 for MNIST, VGG for CIFAR-10)
 DEFAULT_MODEL = {"mnist": "lenet", "cifar": "vgg-cifar"}
