@@ -138,3 +138,12 @@ def test_the_audit_peak_is_the_commands_own_not_its_parents(tmp_path):
     code, _, _ = zoo.run_measured([sys.executable, "-c", "import sys; print('no'); sys.exit(3)"], tmp_path / "f.log")
     assert code == 3 and (tmp_path / "f.log").read_text().strip() == "no"
     del ballast
+
+
+def test_the_count_tells_ill_conditioned_models_from_those_that_could_not_be_run(capsys):
+    rows = [zoo.Row("a", "A", "x", (3,), 2, status=s) for s in
+            ("ok", "float32 ill-conditioned", "float32 ill-conditioned", "backend failed", "disagrees")]
+    assert zoo.finish("zoo", rows, None, None) == 1
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("zoo: 1 of 5 agree; 1 disagree; 2 float32 ill-conditioned") and line.endswith(
+        "; 1 could not be run"), line

@@ -568,9 +568,11 @@ def finish(prog: str, rows: list[Row], out: str | None, md: str | None) -> int:
     bad = [r for r in rows if r.status == "disagrees"]
     ok = sum(r.status == "ok" for r in rows)
     audited = sum(r.status == "audited" for r in rows)
-    only = f"; {audited} audited (not compared)" if audited else ""
+    ill = sum(r.status == "float32 ill-conditioned" for r in rows)
+    only = (f"; {ill} float32 ill-conditioned (torch or TensorFlow float32 itself as far from float64)" if ill else "") \
+        + (f"; {audited} audited (not compared)" if audited else "")
     print(f"{prog}: {ok} of {len(rows)} agree; {len(bad)} disagree{only}; "
-          f"{len(rows) - ok - len(bad) - audited} could not be run")
+          f"{len(rows) - ok - len(bad) - audited - ill} could not be run")
     return 1 if bad else 0
 
 
