@@ -71,12 +71,20 @@ def _version(module) -> tuple[int, ...]:
 
 
 class _Derivative:
-    """One derivative model at a fixed batch size; its session is created on first use."""
+    """One derivative model at a fixed batch size; its session is created on first use, and the
+    model (a protobuf with its own copy of the weights) is let go once the session holds it."""
 
     __slots__ = ("model", "seed", "output", "session")
 
     def __init__(self, model, seed: str, output: str):
         self.model, self.seed, self.output, self.session = model, seed, output, None
+
+    def open(self, make_session, what: str):
+        """The session, made from the model on the first call."""
+        if self.session is None:
+            self.session = make_session(self.model, what)
+            self.model = None
+        return self.session
 
 
 class OnnxBackend(Backend):
@@ -533,9 +541,7 @@ class OnnxBackend(Backend):
             x = np.concatenate([x, np.repeat(x[-1:], fill, axis=0)])
             seeds = np.concatenate([seeds, np.zeros((fill,) + seeds.shape[1:], seeds.dtype)])
         d = self._derivative(mode, x.shape[0])
-        if d.session is None:
-            d.session = self._session(d.model, f"the {mode}-mode derivative model")
-        log_p, out = d.session.run([self._log_p, d.output], {
+        log_p, out = d.open(self._session, f"the {mode}-mode derivative model").run([self._log_p, d.output], {
             self.input_name: np.ascontiguousarray(x, dtype=self.dtype),
             d.seed: np.ascontiguousarray(seeds, dtype=self.dtype)})
         return np.asarray(log_p[:rows], dtype=np.float64), out[:rows]
@@ -546,9 +552,7 @@ class OnnxBackend(Backend):
         if self._fixed_batch is not None and rows < self._fixed_batch:
             x = np.concatenate([x, np.repeat(x[-1:], self._fixed_batch - rows, axis=0)])
         d = self._derivative("scores", x.shape[0])
-        if d.session is None:
-            d.session = self._session(d.model, "the scores model")
-        out = d.session.run([self._log_p], {self.input_name: np.ascontiguousarray(x, dtype=self.dtype)})[0]
+        out = d.open(self._session, "the scores model").run([self._log_p], {self.input_name: np.ascontiguousarray(x, dtype=self.dtype)})[0]
         return np.asarray(out[:rows], dtype=np.float64)
 
     def _chunks(self, n: int):

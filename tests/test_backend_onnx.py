@@ -519,3 +519,15 @@ def test_max_memory_lowers_the_rows_per_run_not_the_results(convnet_protos):
     assert OnnxBackend(proto, max_memory=1).batch_size == 1
     with pytest.raises(ValueError, match="max_memory must be"):
         OnnxBackend(proto, max_memory=0)
+
+
+def test_a_derivative_model_is_let_go_once_its_session_holds_it(convnet_protos):
+    """Each derivative protobuf carries a copy of the weights: after its session is made only the
+    session keeps them, and the next runs (same batch) reuse that session and give the same numbers."""
+    b = OnnxBackend(convnet_protos[0])
+    x = batch(b.input_shape, n=3)
+    _, first = b.class_gradients(x)
+    opened = [d for d in b._cache.values() if d.session is not None]
+    assert opened and all(d.model is None for d in opened)
+    _, again = b.class_gradients(x)
+    np.testing.assert_array_equal(first, again)
