@@ -15,8 +15,6 @@ Weights are tiny and seeded; everything runs in well under a second on two CPU c
 
 from __future__ import annotations
 
-import io
-import warnings
 
 import numpy as np
 import onnx

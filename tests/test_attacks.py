@@ -83,7 +83,8 @@ def test_otcm_targets_an_incorrect_class_and_raises_its_probability():
     p0, p1 = model.probabilities(X), model.probabilities(r.x_adv)
     assert np.all(p1[np.arange(20), t] > p0[np.arange(20), t])
     np.testing.assert_allclose(np.linalg.norm(r.eta, axis=1), 1e-3)
-    r2 = fr.otcm(X, model, epsilon=0.5, rng=0)
+    r2 = fr.otcm(X, model, epsilon=0.5, rng=0)  # random targets: a step of the budget's length each
+    np.testing.assert_allclose(np.linalg.norm(r2.eta, axis=1), 0.5, rtol=1e-6)
     with pytest.raises(ValueError, match="targets must differ from labels"):
         fr.otcm(X, model, epsilon=0.5, targets=model.probabilities(X).argmax(1))
 
@@ -249,6 +250,7 @@ def test_bim_early_stop_takes_fewer_gradient_steps():
     all_steps = model.calls["loss_gradient"]
     model.reset_forward_count()
     r = fr.bim(X, model, epsilon=1.5, step_size=0.3, n_steps=6, early_stop=True)
+    assert r.x_adv.shape == X.shape and np.all(np.linalg.norm(r.eta, axis=1) <= 1.5 + 1e-9)
     assert model.calls["loss_gradient"] - all_steps <= 6
     # forward passes: one at x for the labels, one at the end for the inputs that took the last step
     assert model.forward_calls <= 2

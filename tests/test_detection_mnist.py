@@ -1,7 +1,6 @@
 """Slow: the detection evaluation on a small MNIST subset (the bundled MLP and images).
 Run with `pytest -m slow`."""
 
-import numpy as np
 import pytest
 
 pytest.importorskip("sklearn")

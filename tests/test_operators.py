@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from scipy.sparse.linalg import LinearOperator
 
 from fisher_ref import FisherOperator, MatrixFreeFisherOperator, SampledFisherOperator, fisher_matrix
-from fisher_ref.backends import LogisticRegressionModel, MLPModel
+from fisher_ref.backends import MLPModel
 
 from _strategies import fisher_problems, numpy_models
 
