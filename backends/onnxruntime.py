@@ -552,7 +552,8 @@ class OnnxBackend(Backend):
         if self._fixed_batch is not None and rows < self._fixed_batch:
             x = np.concatenate([x, np.repeat(x[-1:], self._fixed_batch - rows, axis=0)])
         d = self._derivative("scores", x.shape[0])
-        out = d.open(self._session, "the scores model").run([self._log_p], {self.input_name: np.ascontiguousarray(x, dtype=self.dtype)})[0]
+        session = d.open(self._session, "the scores model")
+        out = session.run([self._log_p], {self.input_name: np.ascontiguousarray(x, dtype=self.dtype)})[0]
         return np.asarray(out[:rows], dtype=np.float64)
 
     def _chunks(self, n: int):
