@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -565,14 +566,15 @@ def finish(prog: str, rows: list[Row], out: str | None, md: str | None) -> int:
         Path(out).write_text(json.dumps([asdict(r) for r in rows], indent=1) + "\n")
     if md:
         Path(md).write_text(markdown(rows))
-    bad = [r for r in rows if r.status == "disagrees"]
-    ok = sum(r.status == "ok" for r in rows)
-    audited = sum(r.status == "audited" for r in rows)
-    ill = sum(r.status == "float32 ill-conditioned" for r in rows)
-    only = (f"; {ill} float32 ill-conditioned (torch or TensorFlow float32 itself as far from float64)" if ill else "") \
-        + (f"; {audited} audited (not compared)" if audited else "")
-    print(f"{prog}: {ok} of {len(rows)} agree; {len(bad)} disagree{only}; "
-          f"{len(rows) - ok - len(bad) - audited - ill} could not be run")
+    n = Counter(r.status for r in rows)
+    ok, bad, ill, audited = n["ok"], n["disagrees"], n["float32 ill-conditioned"], n["audited"]
+    extra = ""
+    if ill:
+        extra += f"; {ill} float32 ill-conditioned (torch or TensorFlow float32 itself as far from float64)"
+    if audited:
+        extra += f"; {audited} audited (not compared)"
+    print(f"{prog}: {ok} of {len(rows)} agree; {bad} disagree{extra}; "
+          f"{len(rows) - ok - bad - ill - audited} could not be run")
     return 1 if bad else 0
 
 
