@@ -38,8 +38,9 @@ import numpy as np
 def _peak_gb() -> float:
     """This process's peak resident memory since its exec (VmHWM: not ru_maxrss, which Linux
     seeds with the parent's size at exec)."""
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 2**20  # kB
+    from fisher_ref.validation.memory import resident_kb
+
+    return resident_kb("VmHWM") / 2**20
 
 
 def measure_jacobian(model: str, data: str, max_memory: str) -> dict:

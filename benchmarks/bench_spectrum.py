@@ -92,11 +92,6 @@ def _time(fn, repeats: int, warmup: bool = True) -> tuple[float, object]:
     return float(np.median(ts)), out
 
 
-def _rss_now_kb() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
-
-
 def peak_memory_mb(row: str, method: str, k: int, args) -> float:
     """Extra peak resident memory (MB) of running ``method`` once on one input, measured in a fresh
     subprocess that builds the same model and input (a forked child of a process whose OpenMP
@@ -120,6 +115,7 @@ def _memory_child(row: str, method: str, k: int, args) -> None:
     import torch
 
     from fisher_ref.backends import TorchBackend
+    from fisher_ref.validation.memory import reset_peak, resident_kb
 
     model, shape, _, _ = _row_model(row, args)
     X, _ = _inputs(row, shape, 1, args.seed)
@@ -134,13 +130,10 @@ def _memory_child(row: str, method: str, k: int, args) -> None:
         torch.cuda.synchronize()
         print((torch.cuda.max_memory_allocated() - base) / 2**20)
         return
-    base = _rss_now_kb()
-    with open("/proc/self/clear_refs", "w") as f:  # reset the peak (VmHWM) to the current RSS
-        f.write("5")
+    reset_peak()
+    base = resident_kb("VmRSS")
     fn(b, X[:1], np.random.default_rng(0))
-    with open("/proc/self/status") as f:
-        hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-    print((hwm - base) / 1024)
+    print((resident_kb("VmHWM") - base) / 1024)
 
 
 # ----------------------------------------------------------------------------------- rows

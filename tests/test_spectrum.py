@@ -340,11 +340,13 @@ def test_pad_null_space_false_never_builds_the_padding(monkeypatch):
 def test_k_far_above_the_rank_on_a_large_input_costs_memory_of_the_result_only():
     """Issue 16, case 12 (3 x 512 x 512, k = 300 took 3.5 GB): the padding is written in place into
     the result (peak about the size of V), and without padding the zero rows are never touched."""
+    from fisher_ref.backends import LogisticRegressionModel
+    from fisher_ref.validation.memory import reset_peak, resident_kb
+
     try:
-        open("/proc/self/clear_refs", "w").close()
+        reset_peak()
     except OSError:
         pytest.skip("needs Linux /proc/self/clear_refs to reset the peak resident memory")
-    from fisher_ref.backends import LogisticRegressionModel
 
     shape, k = (3, 256, 256), 100
     model = LogisticRegressionModel.random(shape, 10, scale=0.01, rng=0)
@@ -352,14 +354,10 @@ def test_k_far_above_the_rank_on_a_large_input_costs_memory_of_the_result_only()
     model.class_gradients(x)
 
     def peak_extra_mb(**kw):
-        with open("/proc/self/status") as f:
-            base = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
+        reset_peak()
+        base = resident_kb("VmRSS")
         out = fisher_spectrum(x, model, k=k, **kw)
-        with open("/proc/self/status") as f:
-            hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-        return (hwm - base) / 1024, out
+        return (resident_kb("VmHWM") - base) / 1024, out
 
     v_mb = k * x.size * 8 / 2**20  # 150 MB; before the in-place padding the peak was 6x that
     mem_pad, (w, V) = peak_extra_mb()

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,6 +43,8 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from .memory import run_measured
 
 #: float32 agreement thresholds (relative) and the least |cos| of the top eigenvectors
 TOL_GRADIENTS = 1e-4
@@ -436,30 +437,6 @@ def audit_in_child(row: Row, path: Path, data: np.ndarray, folder: Path, *option
         return
     row.audit_seconds = seconds
     row.audit_peak_gb = peak_bytes / 2**30
-
-
-#: runs argv[2:] and writes its rusage's ru_maxrss (kB) to argv[1]; started from a small process, so
-#: that the peak is the command's own (see run_measured)
-_LAUNCHER = ("import os, subprocess, sys; p = subprocess.Popen(sys.argv[2:]); _, s, u = os.wait4(p.pid, 0); "
-             "open(sys.argv[1], 'w').write(str(u.ru_maxrss)); sys.exit(os.waitstatus_to_exitcode(s))")
-
-
-def run_measured(cmd: list[str], log: Path) -> tuple[int, float, int]:
-    """Run ``cmd`` (output to ``log``): its exit status, wall seconds and peak resident bytes (with
-    any children it waited for).
-
-    Linux keeps, in a process's ``ru_maxrss``, the resident size of the memory it had before
-    ``exec``: a copy of its parent's. A command started straight from a large parent (this zoo
-    with a 224x224 network loaded) would report the parent's size as its own peak, so the command
-    is started from a small launcher process and the launcher reports the command's ``wait4``."""
-    with tempfile.TemporaryDirectory(prefix="fisher_ref_peak_") as tmp, open(log, "w") as fh:
-        peak_file = Path(tmp) / "peak_kb"
-        t0 = time.perf_counter()
-        returncode = subprocess.run([sys.executable, "-c", _LAUNCHER, str(peak_file), *cmd],
-                                    stdout=fh, stderr=subprocess.STDOUT).returncode
-        seconds = time.perf_counter() - t0
-        peak_kb = int(peak_file.read_text()) if peak_file.exists() else 0
-    return returncode, seconds, peak_kb * 1024
 
 
 def _one_line(exc: BaseException) -> str:
