@@ -45,7 +45,7 @@ def correct_subset(run, backend, key, x, y, n, rng):
 def one_step(run, ds, rng):
     import fisher_ref as fr
 
-    key = C.DEFAULT_MODEL[ds]
+    key = run.model_key(ds)
     backend, spec, _ = C.load_model(key)
     x, y = C.load_dataset(ds, "test", run.args.data_dir)
     idx = correct_subset(run, backend, key, x, y, SIZES.get(run, "one_step"), rng)
@@ -69,7 +69,7 @@ def one_step(run, ds, rng):
 def iterative(run, ds, rng):
     import fisher_ref as fr
 
-    key = C.DEFAULT_MODEL[ds]
+    key = run.model_key(ds)
     backend, spec, _ = C.load_model(key)
     x, y = C.load_dataset(ds, "test", run.args.data_dir)
     idx = correct_subset(run, backend, key, x, y, SIZES.get(run, f"iter_{ds}"), rng)
@@ -88,7 +88,7 @@ def alignment(run, ds, rng, n):
     """|cos| between the OSSA direction v_1 and the FGM direction (the loss gradient) on n inputs."""
     import fisher_ref as fr
 
-    key = C.DEFAULT_MODEL[ds]
+    key = run.model_key(ds)
     backend, _, _ = C.load_model(key)
     x, y = C.load_dataset(ds, "test", run.args.data_dir)
     idx = correct_subset(run, backend, key, x, y, n, rng)
@@ -118,8 +118,8 @@ def plot(rows: list, titles: dict):
     """The figure from the table rows ``[dataset, attack, axis, value, fooling_rate]`` (as in
     ``fig2_fooling_curves.csv``) and ``titles[ds] = (model name, n one-step, n iterative)``."""
     plt = C.plt()
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8.5))
-    for j, ds in enumerate(("mnist", "cifar")):
+    fig, axes = plt.subplots(2, len(titles), figsize=(5.5 * len(titles), 8.5), squeeze=False)
+    for j, ds in enumerate(titles):
         name, n1, n2 = titles[ds]
         for i, axis in enumerate(("epsilon", "iterations")):
             ax = axes[i, j]
@@ -145,10 +145,8 @@ def plot(rows: list, titles: dict):
 
 
 def _steps_text(run) -> str:
-    t_mnist, t_cifar = SIZES.get(run, "steps_mnist"), SIZES.get(run, "steps_cifar")
-    if t_mnist == t_cifar:
-        return f"{t_mnist} steps of 0.05 (MNIST) and 0.025 (CIFAR-10)"
-    return f"{t_mnist} steps of 0.05 (MNIST) and {t_cifar} steps of 0.025 (CIFAR-10)"
+    return " and ".join(f"{SIZES.get(run, f'steps_{ds}')} steps of {STEP[ds]:g} ({C.DATASET_LABEL[ds]})"
+                        for ds in run.datasets)
 
 
 def main(argv=None) -> dict:
@@ -156,7 +154,7 @@ def main(argv=None) -> dict:
     run = C.Run("fig2", args)
     rng = np.random.default_rng(args.seed)
     summary, rows, titles = {}, [], {}
-    for ds in ("mnist", "cifar"):
+    for ds in run.datasets:
         name, eps, rates, n1 = one_step(run, ds, rng)
         for a, r in rates.items():
             rows += [[ds, a, "epsilon", float(e), float(v)] for e, v in zip(eps, r)]
@@ -180,7 +178,7 @@ def main(argv=None) -> dict:
     run.save_figure(fig, "fig2_fooling_curves")
     run.write_table("fig2_fooling_curves", ["dataset", "attack", "axis", "value", "fooling_rate"], rows)
     tab = []
-    for ds in ("mnist", "cifar"):
+    for ds in run.datasets:
         s = summary[ds]
         tab.append([C.DATASET_LABEL[ds], s["model"], *(f"{s['eps90'][a]:.2f}" for a in ("fgm", "otcm", "ossa")),
                     f"{C.PAPER['fig2_eps90'][ds]:.1f}",
@@ -197,7 +195,7 @@ def main(argv=None) -> dict:
           "90th percentile) and median top-class probability: " + "; ".join(
               f"{C.DATASET_LABEL[d]} {summary[d]['cos_v1_gradient']['p10']:.3f} / "
               f"{summary[d]['cos_v1_gradient']['median']:.3f} / {summary[d]['cos_v1_gradient']['p90']:.3f}, "
-              f"p_top {summary[d]['median_top_probability']:.4f}" for d in ("mnist", "cifar")) + ".",
+              f"p_top {summary[d]['median_top_probability']:.4f}" for d in run.datasets) + ".",
           f"Iterative attacks: {_steps_text(run)}. "
           "The paper gives no numbers for its curves beyond the OSSA eps90 quoted in its text.",
           f"{C.CIFAR_NOTE}."]

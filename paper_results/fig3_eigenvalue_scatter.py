@@ -22,7 +22,7 @@ HI = 6.0
 def scatter_data(run: C.Run, dataset: str, n: int, rng: np.random.Generator) -> dict:
     import fisher_ref as fr
 
-    key = C.DEFAULT_MODEL[dataset]
+    key = run.model_key(dataset)
     backend, spec, _ = C.load_model(key)
     x, y = C.load_dataset(dataset, "test", run.args.data_dir)
     pool = np.arange(len(x)) if not run.quick else C.random_subset(len(x), 10 * n, rng)
@@ -49,9 +49,9 @@ def main(argv=None) -> dict:
     run = C.Run("fig3", args)
     rng = np.random.default_rng(args.seed)
     plt = C.plt()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
+    fig, axes = plt.subplots(1, len(run.datasets), figsize=(5.5 * len(run.datasets), 4.4), squeeze=False)
     summary, rows = {}, []
-    for ax, ds in zip(axes, ("mnist", "cifar")):
+    for j, (ax, ds) in enumerate(zip(axes[0], run.datasets)):
         r = scatter_data(run, ds, SIZES.get(run, "n"), rng)
         lam, lp = r["lambda1"], r["least"]
         pos = lam > 0
@@ -72,7 +72,7 @@ def main(argv=None) -> dict:
             ax.plot(xs, slope * xs + icpt, color="k", lw=1, label=f"least squares: {slope:.2f} per decade")
         ax.set_xlabel(r"$\log_{10} \lambda_1$ (top eigenvalue of $G_x$)")
         ax.set_ylabel(r"least $\ell_2$ perturbation of OSSA")
-        ax.set_title(f"({'ab'[ds == 'cifar']}) {C.DATASET_LABEL[ds]}, {r['model']}: {len(lam)} inputs, "
+        ax.set_title(f"({'ab'[j]}) {C.DATASET_LABEL[ds]}, {r['model']}: {len(lam)} inputs, "
                      f"Spearman $\\rho$ = {rho:.3f}", fontsize=10)
         ax.set_ylim(0, HI + 0.6)
         ax.legend(fontsize=8, loc="best", framealpha=0.9)

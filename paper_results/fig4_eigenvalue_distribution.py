@@ -30,7 +30,7 @@ CHUNK = {"mnist": 500, "cifar": 50}
 def histograms(run, rng):
     import fisher_ref as fr
 
-    key = "lenet"
+    key = run.model_key("mnist")
     backend, spec, _ = C.load_model(key)
     x, y = C.load_dataset("mnist", "test", run.args.data_dir)
     idx = C.random_subset(len(x), SIZES.get(run, "hist"), rng)
@@ -50,7 +50,7 @@ def histograms(run, rng):
 def growth(run, ds, rng):
     import fisher_ref as fr
 
-    key = C.DEFAULT_MODEL[ds]
+    key = run.model_key(ds)
     backend, spec, _ = C.load_model(key)
     x, y = C.load_dataset(ds, "test", run.args.data_dir)
     pool = C.random_subset(len(x), 3 * SIZES.get(run, "growth") + 20, rng)
@@ -70,14 +70,9 @@ def growth(run, ds, rng):
     return spec.name, ts, res["lam"]
 
 
-def main(argv=None) -> dict:
+def histogram_panel(run, rng, ax) -> tuple[dict, list]:
+    """Panel (a): lambda_1 of clean MNIST test inputs and of successful FGM examples, and its AUC."""
     from sklearn.metrics import roc_auc_score
-
-    args = C.parser(__doc__.split("\n\n")[0]).parse_args(argv)
-    run = C.Run("fig4", args)
-    rng = np.random.default_rng(args.seed)
-    plt = C.plt()
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
 
     name, h = histograms(run, rng)
     ok, succ = h["correct"].astype(bool), h["success"].astype(bool)
@@ -85,7 +80,6 @@ def main(argv=None) -> dict:
     lo = np.log10(max(min(clean[clean > 0].min(), adv[adv > 0].min()), 1e-12))
     hi = np.log10(max(clean.max(), adv.max()))
     bins = np.linspace(lo, hi, 50)
-    ax = axes[0]
     ax.hist(np.log10(clean[clean > 0]), bins=bins, alpha=0.6, color="tab:blue", density=True,
             label=f"clean ({clean.size})")
     ax.hist(np.log10(adv[adv > 0]), bins=bins, alpha=0.6, color="tab:red", density=True,
@@ -100,8 +94,21 @@ def main(argv=None) -> dict:
                             mean_log10_clean=float(np.mean(np.log10(clean[clean > 0]))),
                             mean_log10_adv=float(np.mean(np.log10(adv[adv > 0]))))}
     rows = [["hist", "mnist", "clean", float(v)] for v in clean] + [["hist", "mnist", "fgm", float(v)] for v in adv]
+    return summary, rows
 
-    for ax, ds in zip(axes[1:], ("mnist", "cifar")):
+
+def main(argv=None) -> dict:
+    args = C.parser(__doc__.split("\n\n")[0]).parse_args(argv)
+    run = C.Run("fig4", args)
+    rng = np.random.default_rng(args.seed)
+    plt = C.plt()
+    panels = len(run.datasets) + ("mnist" in run.datasets)
+    fig, axes = plt.subplots(1, panels, figsize=(16 * panels / 3, 4.6), squeeze=False)
+    axes = list(axes[0])
+    summary, rows = {}, []
+    if "mnist" in run.datasets:  # (a) is MNIST's
+        summary, rows = histogram_panel(run, rng, axes.pop(0))
+    for letter, ax, ds in zip("bc" if "mnist" in run.datasets else "ab", axes, run.datasets):
         name, ts, lam = growth(run, ds, rng)
         lam1 = lam[:, :, 0]
         ratio = lam1 / np.where(lam1[:, :1] > 0, lam1[:, :1], np.nan)
@@ -113,7 +120,7 @@ def main(argv=None) -> dict:
         ax.axhline(1.0, color="grey", lw=0.6, ls=":")
         ax.set(xlabel=r"$t$ (l2 distance along the OSSA direction $v_1$)",
                ylabel=r"$\lambda_1(x + t v_1) / \lambda_1(x)$",
-               title=f"({'b' if ds == 'mnist' else 'c'}) growth along OSSA, {C.DATASET_LABEL[ds]} ({name})")
+               title=f"({letter}) growth along OSSA, {C.DATASET_LABEL[ds]} ({name})")
         ax.legend(fontsize=8)
         end = ratio[:, -1]
         summary[f"growth_{ds}"] = dict(model=name, n=int(len(ratio)), t_max=T_MAX[ds],
@@ -121,25 +128,28 @@ def main(argv=None) -> dict:
                                        fraction_growing=float(np.nanmean(end > 1.0)),
                                        median_ratio_lambda2_end=float(np.nanmedian(lam[:, -1, 1] / lam[:, 0, 1])))
         rows += [["growth", ds, f"t={t:g}", float(m)] for t, m in zip(ts, med)]
-    fig.suptitle("Figure 4: distribution of the top eigenvalue (a) and its growth along the OSSA direction (b, c)")
+    growth_panels = ", ".join("bc"[:len(run.datasets)] if "hist" in summary else "ab"[:len(run.datasets)])
+    fig.suptitle("Figure 4: " + ("distribution of the top eigenvalue (a) and its growth" if "hist" in summary
+                                 else "growth of the top eigenvalue") + f" along the OSSA direction ({growth_panels})")
     fig.tight_layout()
     run.save_figure(fig, "fig4_eigenvalue_distribution")
     run.write_table("fig4_eigenvalue_distribution", ["panel", "dataset", "what", "value"], rows)
-    s, g1, g2 = summary["hist"], summary["growth_mnist"], summary["growth_cifar"]
     md = ["# Figure 4: eigenvalue distributions and growth along OSSA", "",
-          "![Figure 4](fig4_eigenvalue_distribution.png)", "",
-          f"(a) MNIST, {s['model']}: {s['n_clean']} correctly classified test inputs, {s['n_adv']} successful FGM "
-          f"examples at eps = {s['fgm_epsilon']:g} (fooling rate {C.pct(s['fooling_rate'], 1)}%). Median lambda_1 "
-          f"clean {s['median_clean']:.3g}, FGM {s['median_adv']:.3g}; AUC of lambda_1 alone as a detector "
-          f"{s['auc_lambda1']:.3f}. The paper: the adversarial eigenvalues are 'densely distributed in larger "
-          "domain', the clean ones 'approximately a Gaussian with smaller mean' (no numbers given).", "",
-          C.md_table(["data", "model", "inputs", "t_max", "median lambda_1(t_max)/lambda_1(0)",
-                      "fraction with lambda_1 growing", "median lambda_2 ratio"],
-                     [[C.DATASET_LABEL[d], g["model"], g["n"], g["t_max"], f"{g['median_ratio_end']:.3g}",
-                       C.pct(g["fraction_growing"], 1) + "%", f"{g['median_ratio_lambda2_end']:.3g}"]
-                      for d, g in (("mnist", g1), ("cifar", g2))]),
-          "The paper: 'the eigenvalues increase with the increasing of the perturbation size'. "
-          "ILSVRC-2012 is not reproduced (no ImageNet data or pretrained weights here).", f"{C.CIFAR_NOTE}."]
+          "![Figure 4](fig4_eigenvalue_distribution.png)", ""]
+    if "hist" in summary:
+        s = summary["hist"]
+        md += [f"(a) MNIST, {s['model']}: {s['n_clean']} correctly classified test inputs, {s['n_adv']} successful "
+               f"FGM examples at eps = {s['fgm_epsilon']:g} (fooling rate {C.pct(s['fooling_rate'], 1)}%). Median "
+               f"lambda_1 clean {s['median_clean']:.3g}, FGM {s['median_adv']:.3g}; AUC of lambda_1 alone as a "
+               f"detector {s['auc_lambda1']:.3f}. The paper: the adversarial eigenvalues are 'densely distributed in "
+               "larger domain', the clean ones 'approximately a Gaussian with smaller mean' (no numbers given).", ""]
+    md += [C.md_table(["data", "model", "inputs", "t_max", "median lambda_1(t_max)/lambda_1(0)",
+                       "fraction with lambda_1 growing", "median lambda_2 ratio"],
+                      [[C.DATASET_LABEL[d], g["model"], g["n"], g["t_max"], f"{g['median_ratio_end']:.3g}",
+                        C.pct(g["fraction_growing"], 1) + "%", f"{g['median_ratio_lambda2_end']:.3g}"]
+                       for d, g in ((d, summary[f"growth_{d}"]) for d in run.datasets)]),
+           "The paper: 'the eigenvalues increase with the increasing of the perturbation size'. "
+           "ILSVRC-2012 is not reproduced (no ImageNet data or pretrained weights here).", f"{C.CIFAR_NOTE}."]
     run.write_markdown("fig4_eigenvalue_distribution", "\n".join(md))
     return run.finish(summary)
 

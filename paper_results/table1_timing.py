@@ -45,8 +45,8 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     run = C.Run("table1", args)
     out = run.out / "table1"
-    weights = C.REPO / C.MODELS["vgg-cifar"].weights
-    bargs = ["--vgg-weights", str(weights), "--vgg-width", str(C.MODELS["vgg-cifar"].kwargs["width"]),
+    vgg = C.MODELS[run.model_key("cifar")]
+    bargs = ["--vgg-weights", str(C.REPO / vgg.weights), "--vgg-width", str(vgg.kwargs["width"]),
              "--out", str(out), "--seed", str(args.seed), "--device", args.device]
     if args.threads:
         bargs += ["--threads", str(args.threads)]

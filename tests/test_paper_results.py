@@ -299,3 +299,30 @@ def test_rerun_takes_its_results_from_the_cache(quick_run):
     for ds in ("mnist", "cifar"):
         assert after[ds]["fgm"] == before[ds]["fgm"] and after[ds]["ossa"] == before[ds]["ossa"]
     assert sorted(p.name for p in (tmp / "cache" / "table2").glob("*.npz")) == cached  # nothing recomputed
+
+
+@needs_data
+def test_the_figures_use_the_asked_cifar_model_and_only_the_asked_data_sets(tmp_path):
+    """Figures 2-4 once ran the default CIFAR model whatever --cifar-model said, and both data sets
+    whatever --datasets said; now the summary, the table and the figure are the asked model's alone."""
+    from PIL import Image
+
+    cmd = [sys.executable, "-m", "paper_results", "fig2", "fig3", "fig4", "--quick", "--cifar-model", "vgg-cifar-w1",
+           "--datasets", "cifar", "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"),
+           "--no-progress"]
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    out = tmp_path / "out"
+    f2, f3, f4 = (json.loads((out / f"fig{i}.json").read_text()) for i in (2, 3, 4))
+    meta = {"script", "command", "quick", "seed", "seconds", "machine", "date"}
+    assert set(f2) - meta == {"cifar"} and f2["cifar"]["model"] == "VGG (full width)"
+    assert set(f3) - meta == {"cifar"} and f3["cifar"]["model"] == "VGG (full width)"
+    assert set(f4) - meta == {"growth_cifar"} and f4["growth_cifar"]["model"] == "VGG (full width)"
+    for name in ("fig2_fooling_curves", "fig3_eigenvalue_scatter", "fig4_eigenvalue_distribution"):
+        rows = list(csv.reader(open(out / f"{name}.csv")))
+        assert {row[0] if name != "fig4_eigenvalue_distribution" else row[1] for row in rows[1:]} == {"cifar"}
+        md = (out / f"{name}.md").read_text()
+        assert "MNIST" not in md.split("CIFAR-10 (JPEG): the shared copy")[0]
+        with Image.open(out / f"{name}.png") as im:
+            assert im.size[0] > 300 and im.size[1] > 300
+    assert f2["command"] == "python -m paper_results fig2 --quick --cifar-model vgg-cifar-w1 --datasets cifar"
