@@ -72,7 +72,7 @@ def main(argv=None) -> dict:
             ax.plot(xs, slope * xs + icpt, color="k", lw=1, label=f"least squares: {slope:.2f} per decade")
         ax.set_xlabel(r"$\log_{10} \lambda_1$ (top eigenvalue of $G_x$)")
         ax.set_ylabel(r"least $\ell_2$ perturbation of OSSA")
-        ax.set_title(f"({'ab'[j]}) {C.DATASET_LABEL[ds]}, {r['model']}: {len(lam)} inputs, "
+        ax.set_title(f"({'ab'[j]}) {C.DATASET_LABEL[ds]}, {r['model']}:\n{len(lam)} inputs, "
                      f"Spearman $\\rho$ = {rho:.3f}", fontsize=10)
         ax.set_ylim(0, HI + 0.6)
         ax.legend(fontsize=8, loc="best", framealpha=0.9)
@@ -83,6 +83,7 @@ def main(argv=None) -> dict:
         summary[ds] = s
         rows += [[ds, int(i), float(a), float(b)] for i, a, b in zip(r["index"], lam, lp)]
     fig.suptitle("Figure 3: least perturbation against the top Fisher eigenvalue", fontsize=11)
+    fig.tight_layout()
     run.save_figure(fig, "fig3_eigenvalue_scatter")
     run.write_table("fig3_eigenvalue_scatter", ["dataset", "test_index", "lambda1", "least_l2_ossa"], rows)
     md = ["# Figure 3: least OSSA perturbation against log top eigenvalue", "",
