@@ -105,10 +105,11 @@ def main(argv=None) -> dict:
     panels = len(run.datasets) + ("mnist" in run.datasets)
     fig, axes = plt.subplots(1, panels, figsize=(16 * panels / 3, 4.6), squeeze=False)
     axes = list(axes[0])
+    growth_letters = "abc"[panels - len(run.datasets):panels]  # after (a), MNIST's histogram, where drawn
     summary, rows = {}, []
     if "mnist" in run.datasets:  # (a) is MNIST's
         summary, rows = histogram_panel(run, rng, axes.pop(0))
-    for letter, ax, ds in zip("bc" if "mnist" in run.datasets else "ab", axes, run.datasets):
+    for letter, ax, ds in zip(growth_letters, axes, run.datasets):
         name, ts, lam = growth(run, ds, rng)
         lam1 = lam[:, :, 0]
         ratio = lam1 / np.where(lam1[:, :1] > 0, lam1[:, :1], np.nan)
@@ -128,9 +129,8 @@ def main(argv=None) -> dict:
                                        fraction_growing=float(np.nanmean(end > 1.0)),
                                        median_ratio_lambda2_end=float(np.nanmedian(lam[:, -1, 1] / lam[:, 0, 1])))
         rows += [["growth", ds, f"t={t:g}", float(m)] for t, m in zip(ts, med)]
-    growth_panels = ", ".join("bc"[:len(run.datasets)] if "hist" in summary else "ab"[:len(run.datasets)])
     fig.suptitle("Figure 4: " + ("distribution of the top eigenvalue (a) and its growth" if "hist" in summary
-                                 else "growth of the top eigenvalue") + f" along the OSSA direction ({growth_panels})")
+                                 else "growth of the top eigenvalue") + f" along the OSSA direction ({', '.join(growth_letters)})")
     fig.tight_layout()
     run.save_figure(fig, "fig4_eigenvalue_distribution")
     run.write_table("fig4_eigenvalue_distribution", ["panel", "dataset", "what", "value"], rows)
