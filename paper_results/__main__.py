@@ -40,6 +40,22 @@ def summary(doc: str | None) -> str:
     return " ".join(line.strip() for line in first.splitlines())
 
 
+def idle_scripts(names: list[str], rest: list[str]) -> dict[str, str]:
+    """The scripts among ``names`` that have no part for the asked ``--datasets`` / ``--cifar-model``, and why."""
+    if "-h" in rest or "--help" in rest:
+        return {}
+    from paper_results import _common as C
+
+    ns, _ = C.parser("paper_results").parse_known_args(rest)  # a bad value exits 2 here, naming its flag
+    idle = {}
+    for name in names:
+        runs_on = getattr(importlib.import_module(f"paper_results.{SCRIPTS[name]}"), "RUNS_ON", C.DATASETS)
+        why = C.nothing_to_do(runs_on, ns.datasets, ns.cifar_model)
+        if why:
+            idle[name] = why
+    return idle
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     names = [a for a in argv if not a.startswith("-") and (a in SCRIPTS or a in ("all", "list"))]
@@ -54,6 +70,14 @@ def main(argv=None) -> int:
                                 initial_indent="        ", subsequent_indent="        "))
         return 0
     todo = [k for k in SCRIPTS if k not in NOT_IN_ALL] if "all" in names else names
+    idle = idle_scripts(todo, rest)
+    if idle and "all" not in names:  # asked by name for work it cannot do: refuse before running any
+        for name, why in idle.items():
+            print(f"paper_results: {name}: {why}", file=sys.stderr)
+        return 2
+    for name, why in idle.items():
+        print(f"== {name}: skipped ({why})", flush=True)
+    todo = [k for k in todo if k not in idle]
     try:
         from fisher_ref._extras import require_extras
 

@@ -83,8 +83,34 @@ def paper_attack(attack: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------ arguments
-def parser(description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description)
+class _ScriptParser(argparse.ArgumentParser):
+    """A script's parser: refuses a ``--datasets`` / ``--cifar-model`` choice that leaves it nothing to do."""
+
+    def __init__(self, *args, runs_on: Sequence[str], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.runs_on = tuple(runs_on)
+
+    def parse_args(self, args=None, namespace=None):
+        ns = super().parse_args(args, namespace)
+        why = nothing_to_do(self.runs_on, ns.datasets, ns.cifar_model)
+        if why:
+            self.error(why)
+        return ns
+
+
+def nothing_to_do(runs_on: Sequence[str], datasets: Sequence[str], cifar_model: str) -> str | None:
+    """Why a script that runs on the data sets ``runs_on`` has nothing to do for this choice, or None."""
+    only = f"it runs on {' and '.join(runs_on)} only"
+    if not set(runs_on) & set(datasets):
+        return f"argument --datasets: expected one of {', '.join(runs_on)} ({only}), got {','.join(datasets)}"
+    if "cifar" not in runs_on and cifar_model != DEFAULT_MODEL["cifar"]:
+        return f"argument --cifar-model: not used ({only}, no CIFAR-10 model to choose), got {cifar_model}"
+    return None
+
+
+def parser(description: str, runs_on: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The arguments every script takes; ``runs_on``: the data sets the script has a part for (default all)."""
+    p = _ScriptParser(description=description, runs_on=DATASETS if runs_on is None else runs_on)
     p.add_argument("--quick", action="store_true",
                    help="small subsets and few iterations (a smoke run of a minute or two; not for quoting)")
     p.add_argument("--data-dir", default=None, help="folder with the MNIST IDX files and CIFAR-10 (default: "

@@ -11,7 +11,10 @@ ImageNet data or pretrained weights are available here: ResNet-152 on a GPU, a R
 width on the CPU (said in the table). Absolute seconds depend on the machine (the paper does not
 name its own); the ratios between methods are what carries over.
 
-    python -m paper_results table1 [--quick]
+    python -m paper_results table1 [--quick] [--datasets mnist,cifar]
+
+``--datasets`` chooses the MNIST and CIFAR-10 rows (the ImageNet-shaped row is always measured);
+``--quick`` measures one row only, CIFAR-10's unless ``--datasets mnist``.
 """
 
 from __future__ import annotations
@@ -51,10 +54,10 @@ def main(argv=None) -> dict:
     if args.threads:
         bargs += ["--threads", str(args.threads)]
     if run.quick:
-        bargs += ["--rows", "cifar", "--inputs", "1", "--repeats", "1", "--k", "1", "--ossa-batch", "4",
+        bargs += ["--rows", run.datasets[-1], "--inputs", "1", "--repeats", "1", "--k", "1", "--ossa-batch", "4",
                   "--no-memory", "--no-onnx", "--skip", "dense,matrix-free"]
     else:
-        bargs += ["--rows", "mnist,cifar,imagenet", "--inputs", "5", "--repeats", "3", "--k", "1", "20",
+        bargs += ["--rows", ",".join([*run.datasets, "imagenet"]), "--inputs", "5", "--repeats", "3", "--k", "1", "20",
                   "--imagenet-k", "1", "20", "--ossa-batch", "32"]
     _bench().main(bargs)
     res = json.loads((out / "spectrum_methods.json").read_text())

@@ -21,6 +21,7 @@ import numpy as np
 
 from paper_results import _common as C
 
+RUNS_ON = ("mnist",)  #: the data sets this script has a part for (C.parser refuses a choice without them)
 KEYS = ("lenet", "vgg-mnist", "lenet-adv", "vgg-adv")
 NAMES = ("LeNet", "VGG", "LeNet-adv", "VGG-adv")
 SIZES = C.Sizes(full={"n": None}, quick={"n": 40})
@@ -31,7 +32,7 @@ CHUNK = 500
 def main(argv=None) -> dict:
     import fisher_ref as fr
 
-    args = C.parser(__doc__.split("\n\n")[0]).parse_args(argv)
+    args = C.parser(__doc__.split("\n\n")[0], runs_on=RUNS_ON).parse_args(argv)
     run = C.Run("table3", args)
     rng = np.random.default_rng(args.seed)
     backends = [C.load_model(k)[0] for k in KEYS]

@@ -326,3 +326,34 @@ def test_the_figures_use_the_asked_cifar_model_and_only_the_asked_data_sets(tmp_
         with Image.open(out / f"{name}.png") as im:
             assert im.size[0] > 300 and im.size[1] > 300
     assert f2["command"] == "python -m paper_results fig2 --quick --cifar-model vgg-cifar-w1 --datasets cifar"
+
+
+def test_a_script_with_no_part_for_the_asked_data_refuses_by_name_and_all_skips_it(tmp_path, capsys):
+    """Tables 3 and 5 are MNIST-only: they used to run MNIST under --datasets cifar or --cifar-model X."""
+    from paper_results import _common as C
+    from paper_results.__main__ import idle_scripts
+    from paper_results.table3_transfer import RUNS_ON
+
+    p = C.parser("test", runs_on=RUNS_ON)
+    for bad, flag in ((["--datasets", "cifar"], "--datasets"), (["--cifar-model", "vgg-cifar-w1"], "--cifar-model")):
+        with pytest.raises(SystemExit) as exc:
+            p.parse_args(bad)
+        assert exc.value.code == 2 and f"argument {flag}:" in capsys.readouterr().err
+    assert p.parse_args(["--datasets", "mnist,cifar"]).datasets == ("mnist", "cifar")
+    assert set(idle_scripts(["table2", "table3", "table5", "fig2"], ["--datasets", "cifar"])) == {"table3", "table5"}
+    assert set(idle_scripts(["table3", "table4"], ["--cifar-model", "vgg-cifar-w1-ft"])) == {"table3"}
+    assert idle_scripts(["table3", "table5"], ["--datasets", "mnist"]) == {}
+    out = tmp_path / "out"  # named: refused before anything runs or is written
+    r = subprocess.run([sys.executable, "-m", "paper_results", "table2", "table3", "--datasets", "cifar", "--out",
+                        str(out), "--cache-dir", str(tmp_path / "cache")], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 2 and "table3: argument --datasets:" in r.stderr and "== table2" not in r.stdout
+    assert not out.exists()
+
+
+def test_table1_measures_the_asked_data_sets_rows(tmp_path):
+    cmd = [sys.executable, "-m", "paper_results", "table1", "--quick", "--datasets", "mnist", "--threads", "1",
+           "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    res = json.loads((tmp_path / "out" / "table1" / "spectrum_methods.json").read_text())
+    assert [row["row"] for row in res["results"]] == ["mnist"]
