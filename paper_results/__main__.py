@@ -8,7 +8,8 @@
 Each name runs ``paper_results/<name>_*.py`` (also runnable on its own); results go to
 ``paper_results/results/`` (``results/quick/`` with ``--quick``). Computations are cached per chunk
 in ``~/.cache/fisher_ref/paper_results`` (``$FISHER_REF_CACHE``), so an interrupted run resumes;
-``--no-cache`` recomputes.
+``--no-cache`` recomputes. A script with no part for the asked ``--datasets`` / ``--cifar-model``
+(Tables 3 and 5 are MNIST only) is refused when named and skipped, with a line, by ``all``.
 """
 
 from __future__ import annotations
