@@ -34,9 +34,14 @@ the model and budget of Table 4 (the 90th percentile of FGM's least l2 perturbat
    once it knows the attack.
 
     python -m paper_results adaptive [--quick] [--datasets mnist,cifar] [--steps 100]   (default: MNIST only)
+
+Every batch of attacks is cached (``--cache-dir``) with its own seed for the BU penalty's dropout
+samples, so an interrupted run resumes and computes what an uninterrupted one would.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 import numpy as np
 
@@ -211,10 +216,23 @@ def adaptive_pgd(torch, net, X: np.ndarray, y: np.ndarray, eps: float, steps: in
     return best.numpy(), found.numpy()
 
 
-def attack_in_batches(torch, net, X, y, eps, steps, penalty):
-    parts = [adaptive_pgd(torch, net, X[i:i + ATTACK_BATCH], y[i:i + ATTACK_BATCH], eps, steps, penalty)
-             for i in range(0, len(X), ATTACK_BATCH)]
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+def attack_in_batches(run: C.Run, torch, net, X, y, eps, steps, penalty, *, key: tuple, desc: str):
+    """:func:`adaptive_pgd` over batches of ``ATTACK_BATCH`` inputs, each cached (an interrupted run resumes).
+
+    ``key`` names the model, detector, attacker and input set; the inputs themselves, the budget, the
+    steps and the seed are added to it. Each batch seeds torch's generator (the BU penalty's dropout
+    samples) from its own key, so a resumed run computes what an uninterrupted one does.
+    """
+    inputs = hashlib.sha256(np.ascontiguousarray(X).tobytes() + np.asarray(y).tobytes()).hexdigest()[:16]
+    key = ("adaptive", *key, inputs, float(eps), int(steps), run.args.seed)
+
+    def batch(sub):
+        torch.manual_seed(int.from_bytes(hashlib.sha256(repr((key, sub.tolist())).encode()).digest()[:4], "little"))
+        adv, ok = adaptive_pgd(torch, net, X[sub], y[sub], eps, steps, penalty)
+        return {"adv": adv, "ok": ok}
+
+    res = run.chunked(batch, np.arange(len(X)), chunk=ATTACK_BATCH, desc=desc, key=key)
+    return res["adv"], res["ok"]
 
 
 # ----------------------------------------------------------------------------------------------- scoring
@@ -267,8 +285,8 @@ def prepare(run: C.Run, ds: str):
     fitted = {}
     for name in run.progress(DETECTORS, desc=f"{ds}: fitting the detectors on stopped BIM"):
         fitted[name] = dets[name].fit(S, lab)
-    return dict(backend=D.backend, spec=D.spec, net=D.net, X=X, Y=Y, eps=eps, is_test=is_test, detectors=fitted,
-                rng=rng)
+    return dict(backend=D.backend, spec=D.spec, key=run.model_key(ds), net=D.net, X=X, Y=Y, eps=eps,
+                is_test=is_test, detectors=fitted, rng=rng)
 
 
 def evaluate(run: C.Run, ds: str, steps: int) -> list[dict]:
@@ -278,7 +296,6 @@ def evaluate(run: C.Run, ds: str, steps: int) -> list[dict]:
     from sklearn.base import clone
 
     P = prepare(run, ds)
-    torch.manual_seed(run.args.seed)  # the attacker's dropout samples (BU)
     net = copy.deepcopy(P["net"]).eval()
     for prm in net.parameters():
         prm.requires_grad_(False)
@@ -288,12 +305,18 @@ def evaluate(run: C.Run, ds: str, steps: int) -> list[dict]:
     rows = []
     for name in run.progress(DETECTORS, desc=f"{ds}: attacks on the detectors"):
         det = P["detectors"][name]
+        torch.manual_seed(run.args.seed)  # the dropout samples of BU's clean reference level
         pen = Penalty(torch, net, name, det, X[~te])
+        tag = C.model_tag(P["key"])
         for attacker, penalty in (("PGD, stopped at success", None), ("adaptive PGD", pen)):
-            adv, ok = attack_in_batches(torch, net, X[te], Y[te], eps, steps, penalty)
+            adv, ok = attack_in_batches(run, torch, net, X[te], Y[te], eps, steps, penalty,
+                                        key=(tag, name if penalty else None, attacker, "test"),
+                                        desc=f"{ds}: {attacker} against {name}, held-out inputs")
             rows.append(dict(dataset=ds, detector=name, attacker=attacker, trained_on="BIM, stopped",
                              **score(det, X[te], adv, ok, P["rng"])))
-        adv_tr, ok_tr = attack_in_batches(torch, net, X[~te], Y[~te], eps, steps, pen)
+        adv_tr, ok_tr = attack_in_batches(run, torch, net, X[~te], Y[~te], eps, steps, pen,
+                                          key=(tag, name, "adaptive PGD", "train"),
+                                          desc=f"{ds}: adaptive PGD against {name}, training inputs")
         S, lab = detection_set(X[~te], adv_tr, ok_tr, P["rng"])
         retrained = clone(det).fit(S, lab)
         rows.append(dict(dataset=ds, detector=name, attacker="adaptive PGD", trained_on="adaptive PGD",

@@ -89,9 +89,17 @@ def test_adaptive_pgd_stays_in_the_budget_and_stops_at_success(relu_backend):
     np.testing.assert_array_equal(adv[~ok], X[~ok])
 
 
-def test_quick_run_writes_the_table(tmp_path):
-    summary = A.main(["--quick", "--datasets", "mnist", "--out", str(tmp_path), "--no-cache", "--no-progress"])
+def test_quick_run_writes_the_table_and_an_interrupted_run_resumes_to_the_same_numbers(tmp_path):
+    args = ["--quick", "--datasets", "mnist", "--out", str(tmp_path), "--no-progress"]
+    cache = tmp_path / "cache"
+    summary = A.main([*args, "--cache-dir", str(cache)])
     rows = summary["rows"]
+    batches = sorted((cache / "adaptive").glob("*.npz"))
+    assert len(batches) == 7  # PGD without a penalty once for all detectors; 2 adaptive runs per detector
+    for f in batches[::2]:  # as if interrupted: some batches were never written
+        f.unlink()
+    assert A.main([*args, "--cache-dir", str(cache)])["rows"] == rows
+    assert A.main([*args, "--no-cache"])["rows"] == rows
     assert {(r["detector"], r["attacker"], r["trained_on"]) for r in rows} == {
         (d, a, t) for d in A.DETECTORS
         for a, t in (("PGD, stopped at success", "BIM, stopped"), ("adaptive PGD", "BIM, stopped"),
