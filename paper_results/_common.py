@@ -95,6 +95,7 @@ class _ScriptParser(argparse.ArgumentParser):
         why = nothing_to_do(self.runs_on, ns.datasets, ns.cifar_model)
         if why:
             self.error(why)
+        ns.default_datasets = self.get_default("datasets")  # for Run.command: a script may set its own
         return ns
 
 
@@ -317,7 +318,7 @@ class Run:
         cmd = "python -m paper_results " + self.script + (" --quick" if self.quick else "")
         if self.cifar_model != DEFAULT_MODEL["cifar"]:
             cmd += f" --cifar-model {self.cifar_model}"
-        if self.datasets != DATASETS:
+        if self.datasets != getattr(self.args, "default_datasets", DATASETS):
             cmd += f" --datasets {','.join(self.datasets)}"
         return cmd
 

@@ -44,6 +44,12 @@ def test_cifar_model_and_datasets_choose_the_runs_model_folder_and_command(tmp_p
     default = C.Run("table2", p.parse_args(["--cache-dir", str(tmp_path), "--out", str(tmp_path / "o")]))
     assert default.datasets == ("mnist", "cifar") and default.command() == "python -m paper_results table2"
     assert default._default_out() == C.RESULTS
+    own = C.parser("test")  # a script with its own default (adaptive: MNIST only) names a choice beyond it
+    own.set_defaults(datasets=("mnist",))
+    both = C.Run("adaptive", own.parse_args(["--datasets", "mnist,cifar", "--cache-dir", str(tmp_path), "--out",
+                                             str(tmp_path / "o")]))
+    assert both.command() == "python -m paper_results adaptive --datasets mnist,cifar"
+    assert C.Run("adaptive", own.parse_args(["--out", str(tmp_path / "o")])).command() == "python -m paper_results adaptive"
     for bad in (["--datasets", "svhn"], ["--datasets", ""], ["--cifar-model", "resnet"]):
         with pytest.raises(SystemExit) as exc:
             p.parse_args(bad)
