@@ -285,7 +285,7 @@ def prepare(run: C.Run, ds: str):
     fitted = {}
     for name in run.progress(DETECTORS, desc=f"{ds}: fitting the detectors on stopped BIM"):
         fitted[name] = dets[name].fit(S, lab)
-    return dict(backend=D.backend, spec=D.spec, key=run.model_key(ds), net=D.net, X=X, Y=Y, eps=eps,
+    return dict(backend=D.backend, spec=D.spec, tag=C.model_tag(run.model_key(ds)), net=D.net, X=X, Y=Y, eps=eps,
                 is_test=is_test, detectors=fitted, rng=rng)
 
 
@@ -307,15 +307,14 @@ def evaluate(run: C.Run, ds: str, steps: int) -> list[dict]:
         det = P["detectors"][name]
         torch.manual_seed(run.args.seed)  # the dropout samples of BU's clean reference level
         pen = Penalty(torch, net, name, det, X[~te])
-        tag = C.model_tag(P["key"])
         for attacker, penalty in (("PGD, stopped at success", None), ("adaptive PGD", pen)):
             adv, ok = attack_in_batches(run, torch, net, X[te], Y[te], eps, steps, penalty,
-                                        key=(tag, name if penalty else None, attacker, "test"),
+                                        key=(P["tag"], name if penalty else None, attacker, "test"),
                                         desc=f"{ds}: {attacker} against {name}, held-out inputs")
             rows.append(dict(dataset=ds, detector=name, attacker=attacker, trained_on="BIM, stopped",
                              **score(det, X[te], adv, ok, P["rng"])))
         adv_tr, ok_tr = attack_in_batches(run, torch, net, X[~te], Y[~te], eps, steps, pen,
-                                          key=(tag, name, "adaptive PGD", "train"),
+                                          key=(P["tag"], name, "adaptive PGD", "train"),
                                           desc=f"{ds}: adaptive PGD against {name}, training inputs")
         S, lab = detection_set(X[~te], adv_tr, ok_tr, P["rng"])
         retrained = clone(det).fit(S, lab)
